@@ -1,0 +1,218 @@
+"""CrDoCo loss functions: pure, jit/grad/vmap/pmap-safe array -> scalar maps.
+
+Conventions: images and dense predictions are NHWC; logits ``[..., C]``;
+integer labels ``[...]`` with ``ignore_label`` marking pixels without a label.
+Masks are boolean or {0, 1} arrays broadcastable to the per-pixel map. Every
+"mean" is over valid pixels only and is 0 (not NaN) when none is valid.
+
+Functions returning ``(loss, per_pixel)`` give the scalar and the unreduced
+per-pixel map (zero where masked), useful for visualisation and for
+confidence-weighted variants.
+"""
+from typing import Callable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def masked_mean(values: Array, mask: Optional[Array] = None) -> Array:
+  """Mean of ``values`` over entries where ``mask`` is true; 0 if none is.
+
+  Args:
+    values: ``[...]`` float array.
+    mask: optional array broadcastable to ``values`` (bool or {0, 1}).
+  Returns:
+    Scalar float32.
+  """
+  values = values.astype(jnp.float32)
+  if mask is None:
+    return jnp.mean(values)
+  mask = jnp.broadcast_to(mask, values.shape).astype(jnp.float32)
+  # max(count, 1) keeps the all-masked case at 0 instead of 0/0; the
+  # numerator is exactly 0 there because masked values are multiplied by 0.
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+# ---------------------------------------------------------------- task losses
+def softmax_cross_entropy(logits: Array, labels: Array,
+                          ignore_label: int = 255,
+                          weights: Optional[Array] = None
+                          ) -> Tuple[Array, Array]:
+  """Pixel-wise softmax cross-entropy with an ignore label.
+
+  Args:
+    logits: ``[N, H, W, C]`` (any leading shape) unnormalised scores.
+    labels: ``[N, H, W]`` integer class ids in ``[0, C)`` or ``ignore_label``.
+    ignore_label: label value excluded from the loss and the mean.
+    weights: optional per-pixel weights ``[N, H, W]`` (e.g. a confidence
+      mask); the mean is then a weighted mean over valid pixels.
+  Returns:
+    ``(loss, per_pixel)``: scalar mean over valid pixels (0 if none) and the
+    ``[N, H, W]`` per-pixel loss (0 at ignored pixels).
+  """
+  logits = logits.astype(jnp.float32)
+  valid = labels != ignore_label
+  safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+  per_pixel = jnp.where(valid, nll, 0.0)
+  mask = valid if weights is None else valid * weights
+  return masked_mean(per_pixel, mask), per_pixel
+
+
+def l1_loss(pred: Array, target: Array,
+            mask: Optional[Array] = None) -> Tuple[Array, Array]:
+  """Masked L1 regression loss (depth, flow, image reconstruction).
+
+  Args:
+    pred, target: same shape, e.g. ``[N, H, W, D]``.
+    mask: optional validity mask broadcastable to ``pred`` (e.g. ``[N, H, W,
+      1]`` where ground truth exists).
+  Returns:
+    ``(loss, per_pixel)``: mean absolute error over valid entries and the
+    elementwise ``|pred - target|`` (0 where masked).
+  """
+  diff = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  if mask is not None:
+    diff = jnp.where(jnp.broadcast_to(mask, diff.shape), diff, 0.0)
+  return masked_mean(diff, mask), diff
+
+
+def berhu_loss(pred: Array, target: Array, mask: Optional[Array] = None,
+               threshold_ratio: float = 0.2) -> Tuple[Array, Array]:
+  """Reverse Huber (berHu) loss, Laina et al. 2016, for depth regression.
+
+  ``|d|`` for ``|d| <= c`` and ``(d^2 + c^2) / (2c)`` above, with
+  ``c = threshold_ratio * max|d|`` over the valid entries of the batch. ``c``
+  is treated as a constant (no gradient flows through the max).
+
+  Args:
+    pred, target: same shape. mask: optional validity mask.
+    threshold_ratio: fraction of the largest residual where L1 turns into L2.
+  Returns:
+    ``(loss, per_pixel)`` as for :func:`l1_loss`.
+  """
+  diff = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  valid = (jnp.ones_like(diff, dtype=bool) if mask is None
+           else jnp.broadcast_to(mask, diff.shape).astype(bool))
+  diff = jnp.where(valid, diff, 0.0)
+  c = jax.lax.stop_gradient(threshold_ratio * jnp.max(diff))
+  c = jnp.maximum(c, 1e-6)  # all-zero residual: keep the quadratic branch finite
+  per_pixel = jnp.where(diff <= c, diff, (diff ** 2 + c ** 2) / (2 * c))
+  per_pixel = jnp.where(valid, per_pixel, 0.0)
+  return masked_mean(per_pixel, valid), per_pixel
+
+
+# ---------------------------------------------------- cross-domain consistency
+def bidirectional_kl(logits_a: Array, logits_b: Array,
+                     mask: Optional[Array] = None,
+                     stop_gradient_a: bool = False,
+                     stop_gradient_b: bool = False) -> Tuple[Array, Array]:
+  """CrDoCo's segmentation consistency: KL(p_a || p_b) + KL(p_b || p_a).
+
+  In CrDoCo ``logits_a = F_T(I_T)`` and ``logits_b = F_S(G_{T->S}(I_T))``.
+  Per pixel the symmetric KL equals ``sum_c (p_a - p_b)(log p_a - log p_b)``,
+  which is computed from log-softmax only (stable for logits of any size).
+
+  Args:
+    logits_a, logits_b: ``[N, H, W, C]`` logits of the two predictions.
+    mask: optional ``[N, H, W]`` pixels to include (e.g. not-ignored or
+      confident pixels).
+    stop_gradient_a, stop_gradient_b: treat that side as a fixed target.
+  Returns:
+    ``(loss, per_pixel)``: mean over (masked) pixels of the symmetric KL summed
+    over classes, and the ``[N, H, W]`` per-pixel divergence (0 where masked).
+  """
+  log_pa = jax.nn.log_softmax(logits_a.astype(jnp.float32), axis=-1)
+  log_pb = jax.nn.log_softmax(logits_b.astype(jnp.float32), axis=-1)
+  if stop_gradient_a:
+    log_pa = jax.lax.stop_gradient(log_pa)
+  if stop_gradient_b:
+    log_pb = jax.lax.stop_gradient(log_pb)
+  per_pixel = jnp.sum((jnp.exp(log_pa) - jnp.exp(log_pb)) * (log_pa - log_pb),
+                      axis=-1)
+  if mask is not None:
+    per_pixel = jnp.where(mask, per_pixel, 0.0)
+  return masked_mean(per_pixel, mask), per_pixel
+
+
+def regression_consistency(pred_a: Array, pred_b: Array,
+                           mask: Optional[Array] = None,
+                           stop_gradient_a: bool = False,
+                           stop_gradient_b: bool = False
+                           ) -> Tuple[Array, Array]:
+  """Consistency for regression tasks (depth, flow): masked L1 between two
+  predictions ``[N, H, W, D]`` of the same scene; see :func:`l1_loss`."""
+  if stop_gradient_a:
+    pred_a = jax.lax.stop_gradient(pred_a)
+  if stop_gradient_b:
+    pred_b = jax.lax.stop_gradient(pred_b)
+  return l1_loss(pred_a, pred_b, mask)
+
+
+# --------------------------------------------------------------- adversarial
+def lsgan_loss(pred: Array, target: float) -> Array:
+  """Least-squares GAN loss ``mean((D(x) - target)^2)`` (CycleGAN default).
+
+  Args:
+    pred: discriminator outputs of any shape (e.g. ``[N, h, w, 1]`` patches).
+    target: the label the outputs are pushed to (e.g. 1 real, 0 fake).
+  Returns:
+    Scalar mean over all entries.
+  """
+  return jnp.mean((pred.astype(jnp.float32) - target) ** 2)
+
+
+def sigmoid_bce_loss(logits: Array, target: float) -> Array:
+  """Sigmoid cross-entropy with logits against a constant label
+  (AdaptSegNet's output-space GAN loss); stable for logits of any size.
+
+  Args:
+    logits: discriminator logits of any shape. target: label in [0, 1].
+  Returns:
+    Scalar mean over all entries.
+  """
+  logits = logits.astype(jnp.float32)
+  # -[t log s(x) + (1-t) log(1-s(x))] = softplus(x) - t x, stably.
+  return jnp.mean(jax.nn.softplus(logits) - target * logits)
+
+
+GAN_LOSSES = {"lsgan": lsgan_loss, "bce": sigmoid_bce_loss}
+
+
+def gan_loss_fn(name: str) -> Callable[[Array, float], Array]:
+  """Looks up a GAN loss by name ('lsgan' or 'bce')."""
+  if name not in GAN_LOSSES:
+    raise ValueError(f"Unknown GAN loss {name!r}; choose from "
+                     f"{sorted(GAN_LOSSES)}.")
+  return GAN_LOSSES[name]
+
+
+def generator_adversarial_loss(fake_pred: Array, gan_loss: str = "lsgan",
+                               target: float = 1.0) -> Array:
+  """Generator side: push D's outputs on generated inputs towards ``target``
+  (the label D gives real samples of the domain being imitated)."""
+  return gan_loss_fn(gan_loss)(fake_pred, target)
+
+
+def discriminator_loss(real_pred: Array, fake_pred: Array,
+                       gan_loss: str = "lsgan", real_target: float = 1.0,
+                       fake_target: float = 0.0) -> Array:
+  """Discriminator side: ``0.5 * (L(D(real), real_target) + L(D(fake),
+  fake_target))``, the CycleGAN/AdaptSegNet halving. Pass detached fakes."""
+  fn = gan_loss_fn(gan_loss)
+  return 0.5 * (fn(real_pred, real_target) + fn(fake_pred, fake_target))
+
+
+# ------------------------------------------------------------ reconstruction
+def cycle_loss(image: Array, reconstruction: Array) -> Array:
+  """Cycle reconstruction ``mean|x - G_B(G_A(x))|`` over ``[N, H, W, 3]``."""
+  return l1_loss(reconstruction, image)[0]
+
+
+def identity_loss(image: Array, same_domain_translation: Array) -> Array:
+  """CycleGAN identity loss ``mean|y - G_{X->Y}(y)|`` for ``y`` already in
+  the output domain; keeps colours when the translator is not needed."""
+  return l1_loss(same_domain_translation, image)[0]

@@ -1,0 +1,72 @@
+"""Discriminators: image-level (PatchGAN) and feature-level (output space).
+
+* ``PatchGAN``: CycleGAN's 70x70 ``NLayerDiscriminator`` (n_layers=3, instance
+  norm): ``[N, H, W, 3] -> [N, H/8 - 2, W/8 - 2, 1]`` patch scores; 2,764,737
+  parameters at ndf=64.
+* ``FCDiscriminator``: AdaptSegNet's fully-convolutional output-space
+  discriminator on the task net's softmax map: five 4x4 stride-2 convs,
+  ``[N, H, W, C] -> [N, H/32, W/32, 1]`` logits; 2,781,121 parameters for
+  C=19.
+* ``DiscriminatorPair``: one discriminator per domain (D_S, D_T).
+"""
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from crdoco_jax.models import layers
+
+DOMAINS = ("S", "T")
+
+
+class PatchGAN(nn.Module):
+  ndf: int = 64
+  n_layers: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = layers.conv(self.ndf, 4, stride=2, padding=1, dtype=self.dtype)(
+        x.astype(self.dtype))
+    x = nn.leaky_relu(x, 0.2)
+    for n in range(1, self.n_layers + 1):
+      stride = 2 if n < self.n_layers else 1  # last hidden conv keeps size
+      x = layers.conv(self.ndf * min(2 ** n, 8), 4, stride=stride, padding=1,
+                      dtype=self.dtype)(x)
+      x = nn.leaky_relu(layers.instance_norm(self.dtype)(x), 0.2)
+    x = layers.conv(1, 4, stride=1, padding=1, dtype=self.dtype)(x)
+    return x.astype(jnp.float32)
+
+
+class FCDiscriminator(nn.Module):
+  ndf: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(self.dtype)
+    for mult in (1, 2, 4, 8):
+      x = layers.conv(self.ndf * mult, 4, stride=2, padding=1,
+                      kernel_init=layers.torch_default_init,
+                      dtype=self.dtype)(x)
+      x = nn.leaky_relu(x, 0.2)
+    x = layers.conv(1, 4, stride=2, padding=1,
+                    kernel_init=layers.torch_default_init, dtype=self.dtype)(x)
+    return x.astype(jnp.float32)
+
+
+class DiscriminatorPair(nn.Module):
+  """``D_S`` and ``D_T`` built by ``make()``; ``__call__(x, domain)`` with
+  domain 'S' or 'T' (``None`` at init builds both)."""
+  make: Callable[[], nn.Module]
+
+  def setup(self):
+    self.D_S = self.make()
+    self.D_T = self.make()
+
+  def __call__(self, x, domain: str = None):
+    if domain is None:
+      return self.D_S(x), self.D_T(x)
+    if domain not in DOMAINS:
+      raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    return (self.D_S if domain == "S" else self.D_T)(x)

@@ -1,0 +1,157 @@
+"""Image translators G_{S->T} and G_{T->S}: the CycleGAN ResNet generator.
+
+Layout (CycleGAN ``resnet_{n}blocks``, instance norm, conv biases on):
+reflect-pad 3, 7x7 conv -> two 3x3 stride-2 convs -> n residual blocks ->
+two 3x3 stride-2 transposed convs -> reflect-pad 3, 7x7 conv, tanh.
+Images are NHWC in [-1, 1]. With ngf=64 and 9 blocks: 11,378,179 parameters.
+
+The generator is split into an ``Encoder`` (stem, downsampling and the first
+``encoder_blocks`` residual blocks) and a ``Decoder`` (the remaining blocks and
+the upsampling), so that the two translators can share their encoder, the
+memory-saving option the paper proposes.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from crdoco_jax.models import layers
+
+DIRECTIONS = ("S2T", "T2S")
+
+
+class ResidualBlock(nn.Module):
+  """x + IN(conv(pad(ReLU(IN(conv(pad(x))))))), no ReLU after the sum."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dim = x.shape[-1]
+    y = x
+    for i in range(2):
+      y = layers.conv(dim, 3, dtype=self.dtype)(layers.reflect_pad(y, 1))
+      y = layers.instance_norm(self.dtype)(y)
+      if i == 0:
+        y = nn.relu(y)
+    return x + y
+
+
+class Encoder(nn.Module):
+  """Stem + two stride-2 downsamples + ``n_blocks`` residual blocks.
+
+  ``[N, H, W, 3] -> [N, H/4, W/4, 4*ngf]``.
+  """
+  ngf: int = 64
+  n_blocks: int = 0
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(self.dtype)
+    x = layers.conv(self.ngf, 7, dtype=self.dtype)(layers.reflect_pad(x, 3))
+    x = nn.relu(layers.instance_norm(self.dtype)(x))
+    for mult in (2, 4):
+      x = layers.conv(self.ngf * mult, 3, stride=2, padding=1,
+                      dtype=self.dtype)(x)
+      x = nn.relu(layers.instance_norm(self.dtype)(x))
+    block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
+    for _ in range(self.n_blocks):
+      x = block(dtype=self.dtype)(x)
+    return x
+
+
+class Decoder(nn.Module):
+  """``n_blocks`` residual blocks + two stride-2 transposed convs + output.
+
+  ``[N, h, w, 4*ngf] -> [N, 4h, 4w, 3]`` in [-1, 1] (float32).
+  """
+  ngf: int = 64
+  n_blocks: int = 9
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
+    for _ in range(self.n_blocks):
+      x = block(dtype=self.dtype)(x)
+    for mult in (2, 1):
+      # PyTorch ConvTranspose2d(k=3, s=2, p=1, output_padding=1) == exact 2x;
+      # in lax.conv_transpose terms: padding (k-1-p, k-1-p+output_padding).
+      x = nn.ConvTranspose(self.ngf * mult, (3, 3), strides=(2, 2),
+                           padding=((1, 2), (1, 2)), kernel_init=layers.gan_init,
+                           bias_init=nn.initializers.zeros, dtype=self.dtype)(x)
+      x = nn.relu(layers.instance_norm(self.dtype)(x))
+    x = layers.conv(3, 7, dtype=self.dtype)(layers.reflect_pad(x, 3))
+    return jnp.tanh(x.astype(jnp.float32))
+
+
+class ResnetGenerator(nn.Module):
+  """One CycleGAN ResNet generator ``[N, H, W, 3] -> [N, H, W, 3]``.
+
+  ``H`` and ``W`` must be multiples of 4.
+  """
+  ngf: int = 64
+  n_blocks: int = 9
+  encoder_blocks: int = 0
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    _check_blocks(self.n_blocks, self.encoder_blocks)
+    self.encoder = Encoder(self.ngf, self.encoder_blocks, self.remat,
+                           self.dtype)
+    self.decoder = Decoder(self.ngf, self.n_blocks - self.encoder_blocks,
+                           self.remat, self.dtype)
+
+  def __call__(self, x):
+    return self.decoder(self.encoder(x))
+
+
+class TranslatorPair(nn.Module):
+  """G_{S->T} and G_{T->S}, optionally sharing one encoder.
+
+  Parameters: ``{'G_S2T': {encoder, decoder}, 'G_T2S': {...}}``, or with
+  ``share_encoder``: ``{'encoder', 'decoder_S2T', 'decoder_T2S'}``.
+  ``__call__(x, direction)`` translates ``[N, H, W, 3]`` images; direction is
+  'S2T' or 'T2S'. ``init`` with ``direction=None`` builds both.
+  """
+  ngf: int = 64
+  n_blocks: int = 9
+  share_encoder: bool = False
+  encoder_blocks: int = 0
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    _check_blocks(self.n_blocks, self.encoder_blocks)
+    if self.share_encoder:
+      self.encoder = Encoder(self.ngf, self.encoder_blocks, self.remat,
+                             self.dtype)
+      dec_blocks = self.n_blocks - self.encoder_blocks
+      self.decoder_S2T = Decoder(self.ngf, dec_blocks, self.remat, self.dtype)
+      self.decoder_T2S = Decoder(self.ngf, dec_blocks, self.remat, self.dtype)
+    else:
+      gen = lambda: ResnetGenerator(self.ngf, self.n_blocks,
+                                    self.encoder_blocks, self.remat,
+                                    self.dtype)
+      self.G_S2T, self.G_T2S = gen(), gen()
+
+  def __call__(self, x: jax.Array, direction: str = None):
+    if direction is None:  # initialise both directions
+      return self(x, "S2T"), self(x, "T2S")
+    if direction not in DIRECTIONS:
+      raise ValueError(f"direction must be one of {DIRECTIONS}, got "
+                       f"{direction!r}")
+    if self.share_encoder:
+      decoder = self.decoder_S2T if direction == "S2T" else self.decoder_T2S
+      return decoder(self.encoder(x))
+    return (self.G_S2T if direction == "S2T" else self.G_T2S)(x)
+
+
+def _check_blocks(n_blocks: int, encoder_blocks: int):
+  if not 0 <= encoder_blocks <= n_blocks:
+    raise ValueError(f"translator.encoder_blocks={encoder_blocks} must lie in "
+                     f"[0, n_blocks={n_blocks}].")
