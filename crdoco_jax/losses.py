@@ -17,6 +17,13 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def _f32(x: Array) -> Array:
+  """Upcast to at least float32: bf16/fp16 inputs get f32 loss arithmetic,
+  float64 stays float64 (gradient checks run in x64)."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def masked_mean(values: Array, mask: Optional[Array] = None) -> Array:
   """Mean of ``values`` over entries where ``mask`` is true; 0 if none is.
 
@@ -26,10 +33,10 @@ def masked_mean(values: Array, mask: Optional[Array] = None) -> Array:
   Returns:
     Scalar float32.
   """
-  values = values.astype(jnp.float32)
+  values = _f32(values)
   if mask is None:
     return jnp.mean(values)
-  mask = jnp.broadcast_to(mask, values.shape).astype(jnp.float32)
+  mask = jnp.broadcast_to(mask, values.shape).astype(values.dtype)
   # max(count, 1) keeps the all-masked case at 0 instead of 0/0; the
   # numerator is exactly 0 there because masked values are multiplied by 0.
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -52,7 +59,7 @@ def softmax_cross_entropy(logits: Array, labels: Array,
     ``(loss, per_pixel)``: scalar mean over valid pixels (0 if none) and the
     ``[N, H, W]`` per-pixel loss (0 at ignored pixels).
   """
-  logits = logits.astype(jnp.float32)
+  logits = _f32(logits)
   valid = labels != ignore_label
   safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
@@ -74,7 +81,7 @@ def l1_loss(pred: Array, target: Array,
     ``(loss, per_pixel)``: mean absolute error over valid entries and the
     elementwise ``|pred - target|`` (0 where masked).
   """
-  diff = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  diff = jnp.abs(_f32(pred) - _f32(target))
   if mask is not None:
     diff = jnp.where(jnp.broadcast_to(mask, diff.shape), diff, 0.0)
   return masked_mean(diff, mask), diff
@@ -94,7 +101,7 @@ def berhu_loss(pred: Array, target: Array, mask: Optional[Array] = None,
   Returns:
     ``(loss, per_pixel)`` as for :func:`l1_loss`.
   """
-  diff = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  diff = jnp.abs(_f32(pred) - _f32(target))
   valid = (jnp.ones_like(diff, dtype=bool) if mask is None
            else jnp.broadcast_to(mask, diff.shape).astype(bool))
   diff = jnp.where(valid, diff, 0.0)
@@ -125,8 +132,8 @@ def bidirectional_kl(logits_a: Array, logits_b: Array,
     ``(loss, per_pixel)``: mean over (masked) pixels of the symmetric KL summed
     over classes, and the ``[N, H, W]`` per-pixel divergence (0 where masked).
   """
-  log_pa = jax.nn.log_softmax(logits_a.astype(jnp.float32), axis=-1)
-  log_pb = jax.nn.log_softmax(logits_b.astype(jnp.float32), axis=-1)
+  log_pa = jax.nn.log_softmax(_f32(logits_a), axis=-1)
+  log_pb = jax.nn.log_softmax(_f32(logits_b), axis=-1)
   if stop_gradient_a:
     log_pa = jax.lax.stop_gradient(log_pa)
   if stop_gradient_b:
@@ -162,7 +169,7 @@ def lsgan_loss(pred: Array, target: float) -> Array:
   Returns:
     Scalar mean over all entries.
   """
-  return jnp.mean((pred.astype(jnp.float32) - target) ** 2)
+  return jnp.mean((_f32(pred) - target) ** 2)
 
 
 def sigmoid_bce_loss(logits: Array, target: float) -> Array:
@@ -174,7 +181,7 @@ def sigmoid_bce_loss(logits: Array, target: float) -> Array:
   Returns:
     Scalar mean over all entries.
   """
-  logits = logits.astype(jnp.float32)
+  logits = _f32(logits)
   # -[t log s(x) + (1-t) log(1-s(x))] = softplus(x) - t x, stably.
   return jnp.mean(jax.nn.softplus(logits) - target * logits)
 

@@ -1,0 +1,217 @@
+"""Losses against independent NumPy computations, plus gradient checks."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from crdoco_jax import losses
+
+RNG = np.random.default_rng(0)
+
+
+def np_log_softmax(x):
+  x = x.astype(np.float64)
+  m = x.max(-1, keepdims=True)
+  return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def random_logits(shape, scale=3.0):
+  return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def random_labels(shape, c, ignore_frac=0.2):
+  y = RNG.integers(0, c, shape)
+  y[RNG.random(shape) < ignore_frac] = 255
+  return y.astype(np.int32)
+
+
+# ------------------------------------------------------------- cross-entropy
+def np_cross_entropy(logits, labels, ignore=255):
+  lp = np_log_softmax(logits)
+  valid = labels != ignore
+  nll = -np.take_along_axis(lp, np.where(valid, labels, 0)[..., None], -1)[..., 0]
+  return nll[valid].mean() if valid.any() else 0.0
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_cross_entropy_matches_numpy(scale):
+  logits = random_logits((2, 5, 6, 7), scale)
+  labels = random_labels((2, 5, 6), 7)
+  loss, per_pixel = jax.jit(losses.softmax_cross_entropy)(logits, labels)
+  assert np.isfinite(loss)
+  np.testing.assert_allclose(loss, np_cross_entropy(logits, labels),
+                             rtol=1e-5)
+  assert per_pixel.shape == labels.shape
+  assert np.all(np.asarray(per_pixel)[labels == 255] == 0)
+
+
+def test_cross_entropy_all_ignored_is_zero_with_finite_grad():
+  logits = random_logits((1, 3, 3, 4))
+  labels = np.full((1, 3, 3), 255, np.int32)
+  loss, _ = losses.softmax_cross_entropy(logits, labels)
+  assert float(loss) == 0.0
+  g = jax.grad(lambda l: losses.softmax_cross_entropy(l, labels)[0])(logits)
+  assert np.all(np.isfinite(g)) and np.all(g == 0)
+
+
+def test_cross_entropy_custom_ignore_and_weights():
+  logits = random_logits((1, 4, 4, 3))
+  labels = random_labels((1, 4, 4), 3, 0.0)
+  labels[0, 0] = 0
+  weights = (RNG.random((1, 4, 4)) > 0.5).astype(np.float32)
+  loss, _ = losses.softmax_cross_entropy(logits, labels, ignore_label=0,
+                                         weights=weights)
+  keep = (labels != 0) & (weights > 0)
+  lp = np_log_softmax(logits)
+  nll = -np.take_along_axis(lp, labels[..., None], -1)[..., 0]
+  np.testing.assert_allclose(loss, nll[keep].mean(), rtol=1e-5)
+
+
+# ------------------------------------------------------------- bidirectional KL
+def np_sym_kl(a, b):
+  la, lb = np_log_softmax(a), np_log_softmax(b)
+  pa, pb = np.exp(la), np.exp(lb)
+  return (pa * (la - lb)).sum(-1) + (pb * (lb - la)).sum(-1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_bidirectional_kl_matches_numpy(scale):
+  a, b = random_logits((2, 4, 5, 6), scale), random_logits((2, 4, 5, 6), scale)
+  mask = RNG.random((2, 4, 5)) > 0.3
+  loss, per_pixel = jax.jit(losses.bidirectional_kl)(a, b, mask)
+  ref = np_sym_kl(a, b)
+  assert np.isfinite(loss)
+  np.testing.assert_allclose(loss, ref[mask].mean(), rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(per_pixel)[mask], ref[mask],
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_bidirectional_kl_symmetric_and_zero_iff_equal():
+  a, b = random_logits((1, 3, 3, 5)), random_logits((1, 3, 3, 5))
+  ab = losses.bidirectional_kl(a, b)[0]
+  ba = losses.bidirectional_kl(b, a)[0]
+  np.testing.assert_allclose(ab, ba, rtol=1e-6)
+  assert float(ab) > 1e-3
+  # Equal distributions (logits differing by a per-pixel constant) give 0.
+  shifted = a + RNG.standard_normal((1, 3, 3, 1)).astype(np.float32)
+  assert abs(float(losses.bidirectional_kl(a, shifted)[0])) < 1e-6
+
+
+def test_bidirectional_kl_stop_gradient_sides():
+  a, b = random_logits((1, 2, 2, 3)), random_logits((1, 2, 2, 3))
+  ga, gb = jax.grad(lambda x, y: losses.bidirectional_kl(
+      x, y, stop_gradient_b=True)[0], argnums=(0, 1))(a, b)
+  assert np.abs(ga).sum() > 0 and np.all(gb == 0)
+  ga, gb = jax.grad(lambda x, y: losses.bidirectional_kl(
+      x, y, stop_gradient_a=True)[0], argnums=(0, 1))(a, b)
+  assert np.all(ga == 0) and np.abs(gb).sum() > 0
+
+
+def test_bidirectional_kl_empty_mask_is_zero():
+  a, b = random_logits((1, 2, 2, 3)), random_logits((1, 2, 2, 3))
+  assert float(losses.bidirectional_kl(a, b, np.zeros((1, 2, 2), bool))[0]) == 0
+
+
+# ------------------------------------------------------------- regression
+def test_l1_and_regression_consistency_masked():
+  p, t = random_logits((2, 3, 3, 2)), random_logits((2, 3, 3, 2))
+  mask = RNG.random((2, 3, 3, 1)) > 0.5
+  full = np.broadcast_to(mask, p.shape)
+  ref = np.abs(p - t)[full].mean()
+  np.testing.assert_allclose(losses.l1_loss(p, t, mask)[0], ref, rtol=1e-5)
+  np.testing.assert_allclose(losses.regression_consistency(p, t, mask)[0], ref,
+                             rtol=1e-5)
+  assert float(losses.l1_loss(p, t, np.zeros_like(mask))[0]) == 0.0
+
+
+def test_berhu_matches_numpy():
+  p, t = random_logits((2, 4, 4, 1)), random_logits((2, 4, 4, 1))
+  mask = RNG.random((2, 4, 4, 1)) > 0.3
+  d = np.abs(p - t)[mask].astype(np.float64)
+  c = 0.2 * d.max()
+  ref = np.where(d <= c, d, (d ** 2 + c ** 2) / (2 * c)).mean()
+  np.testing.assert_allclose(losses.berhu_loss(p, t, mask)[0], ref, rtol=1e-5)
+
+
+# ------------------------------------------------------------- adversarial
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_gan_losses_match_numpy(scale):
+  x = random_logits((2, 3, 3, 1), scale).astype(np.float64)
+  for t in (0.0, 1.0, 0.9):
+    np.testing.assert_allclose(losses.lsgan_loss(x, t), ((x - t) ** 2).mean(),
+                               rtol=1e-5)
+    # BCE with logits computed in log space: -[t log s + (1-t) log (1-s)].
+    log_s, log_1ms = -np.logaddexp(0, -x), -np.logaddexp(0, x)
+    ref = -(t * log_s + (1 - t) * log_1ms).mean()
+    np.testing.assert_allclose(losses.sigmoid_bce_loss(x, t), ref, rtol=1e-5)
+    assert np.isfinite(losses.sigmoid_bce_loss(x, t))
+
+
+def test_generator_and_discriminator_sides():
+  real, fake = random_logits((2, 4, 4, 1)), random_logits((2, 4, 4, 1))
+  for name, fn in losses.GAN_LOSSES.items():
+    d = losses.discriminator_loss(real, fake, name, real_target=0.0,
+                                  fake_target=1.0)
+    np.testing.assert_allclose(d, 0.5 * (fn(real, 0.0) + fn(fake, 1.0)),
+                               rtol=1e-6)
+    g = losses.generator_adversarial_loss(fake, name, target=0.0)
+    np.testing.assert_allclose(g, fn(fake, 0.0), rtol=1e-6)
+  with pytest.raises(ValueError, match="wgan"):
+    losses.gan_loss_fn("wgan")
+
+
+def test_cycle_and_identity():
+  x, y = random_logits((2, 4, 4, 3)), random_logits((2, 4, 4, 3))
+  np.testing.assert_allclose(losses.cycle_loss(x, y), np.abs(x - y).mean(),
+                             rtol=1e-5)
+  np.testing.assert_allclose(losses.identity_loss(x, y), np.abs(x - y).mean(),
+                             rtol=1e-5)
+
+
+# ------------------------------------------------------------- transforms
+def test_gradients_numerically():
+  a = random_logits((1, 2, 2, 3), 1.0).astype(np.float64)
+  b = random_logits((1, 2, 2, 3), 1.0).astype(np.float64)
+  labels = np.array([[[0, 255], [2, 1]]], np.int32)
+  with jax.enable_x64(True):
+    check_grads(lambda x: losses.softmax_cross_entropy(x, labels)[0], (a,),
+                order=2, modes=("rev",))
+    check_grads(lambda x, y: losses.bidirectional_kl(x, y)[0], (a, b),
+                order=2, modes=("rev",))
+    check_grads(lambda x: losses.sigmoid_bce_loss(x, 1.0), (a,), order=2,
+                modes=("rev",))
+    check_grads(lambda x: losses.lsgan_loss(x, 0.0), (a,), order=1,
+                modes=("rev",))
+    # Away from the kink of |.|: shift so that no residual is near 0.
+    check_grads(lambda x: losses.l1_loss(x, b + 10)[0], (a,), order=1,
+                modes=("rev",))
+
+
+def test_vmap_and_pmap():
+  a, b = random_logits((4, 2, 3, 3, 5)), random_logits((4, 2, 3, 3, 5))
+  per_item = jax.vmap(lambda x, y: losses.bidirectional_kl(x, y)[0])(a, b)
+  np.testing.assert_allclose(per_item, [np_sym_kl(x, y).mean()
+                                        for x, y in zip(a, b)], rtol=1e-4)
+  n = jax.local_device_count()
+  pm = jax.pmap(lambda x, y: jax.lax.pmean(
+      losses.bidirectional_kl(x, y)[0], "d"), axis_name="d")(a[:n], b[:n])
+  np.testing.assert_allclose(pm[0], np.mean(per_item[:n]), rtol=1e-4)
+
+
+def test_bf16_inputs_give_f32_losses():
+  a = jnp.asarray(random_logits((1, 2, 2, 3)), jnp.bfloat16)
+  labels = np.zeros((1, 2, 2), np.int32)
+  assert losses.softmax_cross_entropy(a, labels)[0].dtype == jnp.float32
+  assert losses.bidirectional_kl(a, a)[0].dtype == jnp.float32
+
+
+def test_import_has_no_side_effects():
+  import subprocess
+  import sys
+  code = ("import sys; from crdoco_jax import losses; "
+          "import jax; from jax._src import xla_bridge as xb; "
+          "print(len(xb._backends))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True, timeout=120)
+  assert out.stdout.strip() == "0", out.stdout + out.stderr

@@ -1,0 +1,199 @@
+"""Networks: shapes, dtypes, parameter counts, BN behaviour and sharing."""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crdoco_jax.models import (DiscriminatorPair, FCDiscriminator, PatchGAN,
+                               ResnetGenerator, TaskNetPair, TranslatorPair,
+                               layers)
+
+KEY = jax.random.PRNGKey(0)
+
+
+def n_params(module, *args, **kwargs):
+  shapes = jax.eval_shape(lambda: module.init(KEY, *args, **kwargs))
+  return layers.count_params(shapes["params"])
+
+
+X64 = jnp.zeros((1, 64, 64, 3))
+
+
+# Counts printed by ../shared/bench/torch_crdoco_step.py and REFERENCE.md.
+@pytest.mark.parametrize("module,inputs,expected", [
+    (ResnetGenerator(64, 9), X64, 11_378_179),
+    (ResnetGenerator(64, 6), X64, 7_837_699),
+    (ResnetGenerator(32, 6), X64, 1_965_059),
+    (PatchGAN(64, 3), X64, 2_764_737),
+    (FCDiscriminator(), jnp.zeros((1, 64, 64, 19)), 2_781_121),
+    (FCDiscriminator(), jnp.zeros((1, 64, 64, 16)), 2_778_049),
+    # A pair sharing all 6 units is one network: F's own count.
+    (TaskNetPair("resnet18", 19, False, share_last=6), X64, 11_526_796),
+    (TaskNetPair("resnet50", 19, False, share_last=6), X64, 24_908_940),
+    (TaskNetPair("resnet101", 19, False, share_last=6), X64, 43_901_068),
+    (TaskNetPair("resnet101", 19, True, share_last=6), X64, 44_601_560),
+])
+def test_parameter_counts_match_reference(module, inputs, expected):
+  assert n_params(module, inputs) == expected
+
+
+def test_translator_shapes_range_and_bf16():
+  model = TranslatorPair(ngf=8, n_blocks=2)
+  x = jax.random.uniform(KEY, (2, 32, 48, 3), minval=-1, maxval=1)
+  params = model.init(KEY, x)["params"]
+  for direction in ("S2T", "T2S"):
+    y = model.apply({"params": params}, x, direction)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(y))) <= 1.0
+  y16 = TranslatorPair(ngf=8, n_blocks=2, dtype=jnp.bfloat16).apply(
+      {"params": params}, x.astype(jnp.bfloat16), "S2T")
+  assert y16.shape == x.shape and bool(jnp.all(jnp.isfinite(y16)))
+  with pytest.raises(ValueError, match="direction"):
+    model.apply({"params": params}, x, "S2S")
+
+
+def test_translator_directions_differ_unless_shared_params():
+  model = TranslatorPair(ngf=8, n_blocks=2)
+  x = jax.random.uniform(KEY, (1, 16, 16, 3), minval=-1, maxval=1)
+  params = model.init(KEY, x)["params"]
+  assert set(params) == {"G_S2T", "G_T2S"}
+  a = model.apply({"params": params}, x, "S2T")
+  b = model.apply({"params": params}, x, "T2S")
+  assert not np.allclose(a, b)
+
+
+def test_translator_shared_encoder_is_one_parameter_set_with_two_gradients():
+  kw = dict(ngf=8, n_blocks=4, encoder_blocks=2)
+  shared = TranslatorPair(share_encoder=True, **kw)
+  x = jax.random.uniform(KEY, (1, 16, 16, 3), minval=-1, maxval=1)
+  params = shared.init(KEY, x)["params"]
+  assert set(params) == {"encoder", "decoder_S2T", "decoder_T2S"}
+  unshared = n_params(TranslatorPair(share_encoder=False, **kw), x)
+  enc = layers.count_params(params["encoder"])
+  assert layers.count_params(params) == unshared - enc
+
+  def grad_of(direction):
+    return jax.grad(lambda p: jnp.sum(shared.apply({"params": p}, x,
+                                                   direction) ** 2))(params)
+  g_st, g_ts = grad_of("S2T"), grad_of("T2S")
+  norm = lambda t: float(sum(jnp.sum(l ** 2) for l in jax.tree.leaves(t)))
+  assert norm(g_st["encoder"]) > 0 and norm(g_ts["encoder"]) > 0
+  assert norm(g_st["decoder_T2S"]) == 0 and norm(g_ts["decoder_S2T"]) == 0
+
+
+def test_discriminator_output_shapes():
+  x = jnp.zeros((2, 64, 64, 3))
+  pair = DiscriminatorPair(lambda: PatchGAN(ndf=8))
+  params = pair.init(KEY, x)["params"]
+  assert set(params) == {"D_S", "D_T"}
+  assert pair.apply({"params": params}, x, "T").shape == (2, 6, 6, 1)
+  fc = FCDiscriminator(ndf=8)
+  p = fc.init(KEY, jnp.zeros((2, 64, 64, 5)))
+  assert fc.apply(p, jnp.zeros((2, 64, 64, 5))).shape == (2, 2, 2, 1)
+
+
+def test_ceil_mode_max_pool_matches_pytorch_sizes():
+  # PyTorch MaxPool2d(3, 2, 1, ceil_mode=True): 64 -> 33, 65 -> 33, 9 -> 5.
+  for size, expected in ((64, 33), (65, 33), (9, 5), (32, 17)):
+    y = layers.max_pool_ceil(jnp.zeros((1, size, size, 1)))
+    assert y.shape[1] == expected, (size, y.shape)
+
+
+def test_bilinear_align_corners_resize():
+  x = jnp.arange(12.0).reshape(1, 3, 4, 1)
+  y = layers.resize_bilinear_align_corners(x, (5, 7))
+  # Corners are kept exactly and the map is linear in between.
+  np.testing.assert_allclose(y[0, [0, 0, -1, -1], [0, -1, 0, -1], 0],
+                             [0, 3, 8, 11])
+  np.testing.assert_allclose(y[0, 2, :, 0], np.linspace(4, 7, 7), rtol=1e-6)
+
+
+def small_task_pair(**kw):
+  kw = {"arch": "resnet18", "out_channels": 5, "multi_level": True, **kw}
+  return TaskNetPair(**kw)
+
+
+def test_task_net_outputs_and_bn_update_only_in_train_mode():
+  model = small_task_pair()
+  x = jax.random.normal(KEY, (2, 32, 32, 3))
+  variables = model.init(KEY, x)
+  assert set(variables) == {"params", "batch_stats"}
+  out = model.apply(variables, x, "T")
+  assert set(out) == {"main", "aux"}
+  assert out["main"].shape == (2, 32, 32, 5) and out["main"].dtype == jnp.float32
+  out, new = model.apply(variables, x, "T", train=True,
+                         mutable=["batch_stats"])
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                         variables["batch_stats"], new["batch_stats"])
+  assert any(jax.tree.leaves(changed["stem_T"]))
+  assert not any(jax.tree.leaves(changed["stem_S"]))
+  _, same = model.apply(variables, x, "T", train=False, mutable=["batch_stats"])
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)),
+                                   variables["batch_stats"],
+                                   same["batch_stats"]))
+  # Frozen BN: train mode but running statistics stay as they are.
+  frozen = small_task_pair(frozen_bn=True)
+  _, fz = frozen.apply(variables, x, "T", train=True, mutable=["batch_stats"])
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)),
+                                   variables["batch_stats"], fz["batch_stats"]))
+
+
+def test_partial_sharing_shares_parameters_and_gets_both_gradients():
+  model = small_task_pair(share_last=2, multi_level=False)
+  x = jax.random.normal(KEY, (1, 32, 32, 3))
+  variables = model.init(KEY, x)
+  params = variables["params"]
+  assert {"layer4", "heads", "stem_S", "stem_T", "layer3_S"} <= set(params)
+  assert "layer4_S" not in params and "heads_T" not in params
+
+  def grad_of(domain):
+    f = lambda p: jnp.sum(model.apply({**variables, "params": p}, x,
+                                      domain)["main"] ** 2)
+    return jax.grad(f)(params)
+  norm = lambda t: float(sum(jnp.sum(l ** 2) for l in jax.tree.leaves(t)))
+  g_s, g_t = grad_of("S"), grad_of("T")
+  assert norm(g_s["layer4"]) > 0 and norm(g_t["layer4"]) > 0
+  assert norm(g_s["stem_T"]) == 0 and norm(g_t["stem_S"]) == 0
+
+
+def test_task_net_regression_head_bf16_and_remat():
+  model = small_task_pair(out_channels=1, multi_level=False, remat=True,
+                          dtype=jnp.bfloat16)
+  x = jax.random.normal(KEY, (1, 32, 32, 3))
+  variables = model.init(KEY, x)
+  assert jax.tree.leaves(variables["params"])[0].dtype == jnp.float32
+  out, _ = model.apply(variables, x, "S", train=True, mutable=["batch_stats"])
+  assert out["main"].shape == (1, 32, 32, 1)
+  assert bool(jnp.all(jnp.isfinite(out["main"])))
+  g = jax.grad(lambda p: jnp.mean(model.apply(
+      {**variables, "params": p}, x, "S", train=True,
+      mutable=["batch_stats"])[0]["main"]))(variables["params"])
+  assert all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree.leaves(g))
+
+
+def test_synchronised_bn_under_pmap_matches_global_batch():
+  n = jax.local_device_count()
+  model = small_task_pair(multi_level=False)
+  synced = small_task_pair(multi_level=False, bn_axis_name="batch")
+  x = jax.random.normal(KEY, (n * 2, 32, 32, 3))
+  variables = model.init(KEY, x[:1])
+  full, new_full = model.apply(variables, x, "S", train=True,
+                               mutable=["batch_stats"])
+  rep = flax.jax_utils.replicate(variables)
+  out, new = jax.pmap(lambda v, xb: synced.apply(
+      v, xb, "S", train=True, mutable=["batch_stats"]), axis_name="batch")(
+          rep, x.reshape(n, 2, *x.shape[1:]))
+  np.testing.assert_allclose(out["main"].reshape(full["main"].shape),
+                             full["main"], rtol=2e-4, atol=2e-4)
+  leaf = lambda t: jax.tree.leaves(t["batch_stats"]["stem_S"])[0]
+  np.testing.assert_allclose(leaf(new)[0], leaf(new_full), rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_bad_arch_and_share_last_errors():
+  x = jnp.zeros((1, 32, 32, 3))
+  with pytest.raises(ValueError, match="resnet7"):
+    TaskNetPair("resnet7").init(KEY, x)
+  with pytest.raises(ValueError, match="share_last"):
+    TaskNetPair("resnet18", share_last=9).init(KEY, x)
