@@ -1,5 +1,40 @@
 """Flax Linen networks of CrDoCo (NHWC, pure functional)."""
+import functools
+from typing import NamedTuple, Optional
+
+import jax.numpy as jnp
+import ml_collections
+
 from crdoco_jax.models.deeplab import TaskNetPair
 from crdoco_jax.models.discriminators import (DiscriminatorPair,
                                               FCDiscriminator, PatchGAN)
 from crdoco_jax.models.translator import ResnetGenerator, TranslatorPair
+
+
+class Networks(NamedTuple):
+  """The four network pairs of CrDoCo (module definitions, no parameters)."""
+  translator: TranslatorPair      # G_S2T, G_T2S
+  task: TaskNetPair               # F_S, F_T
+  d_img: DiscriminatorPair        # PatchGANs on images of S / T
+  d_feat: DiscriminatorPair       # output-space Ds on F_S / F_T softmax
+
+
+def build_networks(config: ml_collections.ConfigDict,
+                   bn_axis_name: Optional[str] = None) -> Networks:
+  """Module definitions from a config. ``bn_axis_name`` synchronises the
+  task nets' BatchNorm over that pmap axis (None outside pmap)."""
+  dtype = jnp.dtype(config.compute.dtype)
+  t, f, d = config.translator, config.task_net, config.disc
+  out_channels = (config.data.num_classes if config.task == "segmentation"
+                  else config.data.out_channels)
+  return Networks(
+      translator=TranslatorPair(t.ngf, t.n_blocks, t.share_encoder,
+                                t.encoder_blocks, t.remat, dtype),
+      task=TaskNetPair(f.arch, out_channels, f.multi_level, f.share_last,
+                       f.frozen_bn, bn_axis_name, True, f.remat, dtype,
+                       f.width),
+      d_img=DiscriminatorPair(functools.partial(
+          PatchGAN, d.img_ndf, d.img_layers, dtype)),
+      d_feat=DiscriminatorPair(functools.partial(
+          FCDiscriminator, d.feat_ndf, dtype)),
+  )

@@ -94,11 +94,12 @@ ARCHS = {
 
 class Stem(nn.Module):
   norm: Any
+  features: int = 64
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, frozen: bool):
-    x = layers.conv(64, 7, 2, 3, use_bias=False, kernel_init=layers.he_fan_out,
+    x = layers.conv(self.features, 7, 2, 3, use_bias=False, kernel_init=layers.he_fan_out,
                     dtype=self.dtype)(x.astype(self.dtype))
     x = self.norm()(x, use_running_average=frozen)
     return layers.max_pool_ceil(nn.relu(x))
@@ -166,6 +167,7 @@ class TaskNetPair(nn.Module):
   upsample: bool = True
   remat: bool = False
   dtype: Any = jnp.float32
+  width: int = 64  # channels of the stem; layer widths scale with it
 
   def setup(self):
     if self.arch not in ARCHS:
@@ -185,13 +187,13 @@ class TaskNetPair(nn.Module):
   def _make_unit(self, unit: str) -> nn.Module:
     block, counts = ARCHS[self.arch]
     if unit == "stem":
-      return Stem(self._norm, self.dtype)
+      return Stem(self._norm, self.width, self.dtype)
     if unit == "heads":
       return Heads(self.out_channels, self.multi_level, self.dtype)
     i = int(unit[-1]) - 1
     planes, stride, dilation = LAYER_SPECS[i]
-    return ResLayer(block, planes, counts[i], stride, dilation, self._norm,
-                    self.remat, self.dtype)
+    return ResLayer(block, planes * self.width // 64, counts[i], stride,
+                    dilation, self._norm, self.remat, self.dtype)
 
   def _unit(self, unit: str, domain: str) -> nn.Module:
     shared = UNITS.index(unit) >= len(UNITS) - self.share_last

@@ -1,0 +1,88 @@
+"""The CrDoCo train state: one pytree holding every network's variables,
+optimizer states, step and RNG key (what Orbax checkpoints)."""
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import struct
+from flax.training import train_state
+
+from crdoco_jax import optim
+from crdoco_jax.models import Networks
+
+# Parameters do not depend on the spatial size: initialise on small inputs.
+_INIT_SIZE = 64
+ADAPTATION_METHODS_WITHOUT_TRANSLATOR = ("source_only", "oracle")
+
+
+class TaskState(train_state.TrainState):
+  """F_S / F_T: parameters, optimizer state and BatchNorm statistics."""
+  batch_stats: Any = None
+
+
+@struct.dataclass
+class CrDoCoState:
+  """``translator``, ``d_img`` and ``d_feat`` are None for methods that do
+  not use them (source-only, oracle). ``d_feat.params`` maps each task-net
+  head ('main', 'aux') to the parameters of its D_S / D_T pair."""
+  step: jax.Array
+  rng: jax.Array
+  task: TaskState
+  translator: Optional[train_state.TrainState] = None
+  d_img: Optional[train_state.TrainState] = None
+  d_feat: Optional[train_state.TrainState] = None
+
+
+def uses_translator(config: ml_collections.ConfigDict) -> bool:
+  return config.method not in ADAPTATION_METHODS_WITHOUT_TRANSLATOR
+
+
+def head_names(config: ml_collections.ConfigDict):
+  return ("main", "aux") if config.task_net.multi_level else ("main",)
+
+
+def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
+                       rng: jax.Array) -> CrDoCoState:
+  """Initialises every network and optimizer (on the default device)."""
+  k_task, k_gen, k_dimg, k_dfeat, k_state = jax.random.split(rng, 5)
+  image = jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3), jnp.float32)
+  steps = config.train.schedule_steps
+  make_tx = lambda name: optim.make_optimizer(config.optim[name], steps)
+
+  task_vars = jax.jit(nets.task.init)(k_task, image)
+  task = TaskState.create(apply_fn=nets.task.apply, params=task_vars["params"],
+                          batch_stats=task_vars["batch_stats"],
+                          tx=make_tx("task_net"))
+  state = CrDoCoState(step=jnp.zeros((), jnp.int32), rng=k_state, task=task)
+  if not uses_translator(config):
+    return _strong_types(state)
+
+  gen_params = jax.jit(nets.translator.init)(k_gen, image)["params"]
+  dimg_params = jax.jit(nets.d_img.init)(k_dimg, image)["params"]
+  out = nets.task.apply(task_vars, image, "S")
+  feat_init = jax.jit(nets.d_feat.init)
+  dfeat_params = {
+      head: feat_init(jax.random.fold_in(k_dfeat, i), out[head])["params"]
+      for i, head in enumerate(head_names(config))}
+  new = lambda apply_fn, params, name: train_state.TrainState.create(
+      apply_fn=apply_fn, params=params, tx=make_tx(name))
+  return _strong_types(state.replace(
+      translator=new(nets.translator.apply, gen_params, "translator"),
+      d_img=new(nets.d_img.apply, dimg_params, "d_img"),
+      d_feat=new(nets.d_feat.apply, dfeat_params, "d_feat")))
+
+
+def _strong_types(state: CrDoCoState) -> CrDoCoState:
+  """TrainState.create's Python-int steps are weakly typed, and a weak input
+  that comes back strong from the first step would retrace the step."""
+  return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.asarray(x).dtype),
+                                state)
+
+
+def parameter_counts(state: CrDoCoState) -> dict:
+  """Number of parameters per network group (for logs and benchmarks)."""
+  count = lambda t: int(sum(x.size for x in jax.tree_util.tree_leaves(t)))
+  groups = dict(task=state.task, translator=state.translator,
+                d_img=state.d_img, d_feat=state.d_feat)
+  return {k: count(v.params) for k, v in groups.items() if v is not None}

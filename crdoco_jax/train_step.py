@@ -1,0 +1,251 @@
+"""The CrDoCo train step: pure functions, pmapped over ``AXIS``.
+
+One adaptation step minimises, over translators G and task nets F,
+
+  L_G,F = w_task * [CE(F_S(I_S), Y_S) + CE(F_T(I_{S->T}), Y_S)]
+        + w_consistency * KL<->(F_T(I_T), F_S(I_{T->S}))
+        + w_feat_adv * [L_adv(D^feat_T(F_T(I_{S->T}))) + L_adv(D^feat_S(F_S(I_{T->S})))]
+        + w_img_adv * [L_adv(D^img_T(I_{S->T})) + L_adv(D^img_S(I_{T->S}))]
+        + w_rec * [|G_{T->S}(I_{S->T}) - I_S| + |G_{S->T}(I_{T->S}) - I_T|]
+
+then updates the discriminators on the same (detached) translations and
+predictions. Batches are dicts of ``[B, H, W, ...]`` arrays per device:
+``source_image``, ``source_label``, ``target_image`` (and ``target_label``
+for the oracle). Images are in [-1, 1], labels are int32 class ids.
+"""
+import functools
+from typing import Any, Callable, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from crdoco_jax import evaluate, losses
+from crdoco_jax.models import Networks
+from crdoco_jax.parallel import AXIS
+from crdoco_jax.state import CrDoCoState, head_names, uses_translator
+
+# Labels of the output-space discriminators (AdaptSegNet / released code).
+SOURCE, TARGET = 0.0, 1.0
+PHASES = ("translator", "adapt")
+Batch = Dict[str, jax.Array]
+
+
+class _TaskNets:
+  """Applies F_S / F_T in train mode, threading BatchNorm statistics through
+  successive calls (each input keeps its own batch statistics, as separate
+  PyTorch forward passes do)."""
+
+  def __init__(self, nets: Networks, params, batch_stats):
+    self._apply = nets.task.apply
+    self.params, self.batch_stats = params, batch_stats
+
+  def __call__(self, x, domain):
+    out, mutated = self._apply(
+        {"params": self.params, "batch_stats": self.batch_stats}, x, domain,
+        train=True, mutable=["batch_stats"])
+    self.batch_stats = mutated["batch_stats"]
+    return out
+
+
+def _per_head(fn: Callable, heads, aux_weight: float, *outputs) -> jax.Array:
+  """``sum_h weight_h * fn(outputs[0][h], outputs[1][h], ...)``."""
+  return sum((1.0 if h == "main" else aux_weight) * fn(*(o[h] for o in outputs))
+             for h in heads)
+
+
+def _softmax(outputs):
+  return {h: jax.nn.softmax(v, axis=-1) for h, v in outputs.items()}
+
+
+def loss_weights(config: ml_collections.ConfigDict, step) -> Dict[str, Any]:
+  """Weight of every generator-side term at ``step`` (consistency ramp)."""
+  w = config.loss
+  ramp = 1.0
+  if w.consistency_warmup_steps > 0:
+    ramp = jnp.clip(step / w.consistency_warmup_steps, 0.0, 1.0)
+  return dict(task=w.task, consistency=w.consistency * ramp,
+              feat_adv=w.feat_adv, img_adv=w.img_adv, rec=w.rec,
+              identity=w.identity)
+
+
+def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
+                    phase: str = "adapt") -> Callable:
+  """Returns ``train_step(state, batch) -> (state, metrics)``, to be pmapped
+  with ``axis_name=AXIS``. ``phase='translator'`` trains translators and
+  image discriminators only (CycleGAN pretraining)."""
+  if phase not in PHASES:
+    raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+  if phase == "translator" and not uses_translator(config):
+    raise ValueError(f"method {config.method!r} has no translator to train.")
+  w = config.loss
+  heads = head_names(config)
+  ignore, method = config.data.ignore_label, config.method
+  adapt = phase == "adapt"
+  train_translator = uses_translator(config) and (
+      not adapt or not config.translator.frozen)
+  img_adv = functools.partial(losses.generator_adversarial_loss,
+                              gan_loss=w.img_gan, target=1.0)
+  feat_adv = functools.partial(losses.generator_adversarial_loss,
+                               gan_loss=w.feat_gan)
+  ce = lambda logits, labels: losses.softmax_cross_entropy(
+      logits, labels, ignore)[0]
+  kl = lambda a, b: losses.bidirectional_kl(a, b)[0]
+
+  def generator_terms(params, state: CrDoCoState, batch: Batch):
+    """Generator-side loss terms and what the discriminator update reuses."""
+    x_s, y_s, x_t = (batch["source_image"], batch["source_label"],
+                     batch["target_image"])
+    terms, cache = {}, {}
+    F = _TaskNets(nets, params.get("task"), state.task.batch_stats)
+    if method == "source_only":
+      terms["task"] = _per_head(ce, heads, w.aux.task, F(x_s, "T"),
+                                {h: y_s for h in heads})
+      return terms, cache, F.batch_stats
+    if method == "oracle":
+      y_t = batch["target_label"]
+      terms["task"] = _per_head(ce, heads, w.aux.task, F(x_t, "T"),
+                                {h: y_t for h in heads})
+      return terms, cache, F.batch_stats
+
+    g_params = params.get("translator", state.translator.params)
+    G = lambda x, direction: nets.translator.apply({"params": g_params}, x,
+                                                   direction)
+    x_st, x_ts = G(x_s, "S2T"), G(x_t, "T2S")
+    cache.update(x_st=jax.lax.stop_gradient(x_st),
+                 x_ts=jax.lax.stop_gradient(x_ts))
+    if train_translator:
+      D_img = lambda x, domain: nets.d_img.apply(
+          {"params": state.d_img.params}, x, domain)
+      terms["img_adv"] = img_adv(D_img(x_st, "T")) + img_adv(D_img(x_ts, "S"))
+      terms["rec"] = (losses.cycle_loss(x_s, G(x_st, "T2S"))
+                      + losses.cycle_loss(x_t, G(x_ts, "S2T")))
+      if w.identity > 0:
+        terms["identity"] = (losses.identity_loss(x_t, G(x_t, "S2T"))
+                             + losses.identity_loss(x_s, G(x_s, "T2S")))
+    if not adapt:
+      return terms, cache, F.batch_stats
+
+    out_s, out_ts = F(x_s, "S"), F(x_ts, "S")
+    out_st, out_t = F(x_st, "T"), F(x_t, "T")
+    labels = {h: y_s for h in heads}
+    terms["task"] = (_per_head(ce, heads, w.aux.task, out_s, labels)
+                     + _per_head(ce, heads, w.aux.task, out_st, labels))
+    if w.consistency > 0:
+      terms["consistency"] = _per_head(kl, heads, w.aux.consistency, out_t,
+                                       out_ts)
+    if w.feat_adv > 0:
+      p_st, p_ts = _softmax(out_st), _softmax(out_ts)
+      D_feat = lambda h, x, domain: nets.d_feat.apply(
+          {"params": state.d_feat.params[h]}, x, domain)
+      terms["feat_adv"] = sum(
+          (1.0 if h == "main" else w.aux.feat_adv)
+          * (feat_adv(D_feat(h, p_st[h], "T"), target=TARGET)
+             + feat_adv(D_feat(h, p_ts[h], "S"), target=SOURCE))
+          for h in heads)
+      cache["probs"] = jax.lax.stop_gradient(dict(
+          s=_softmax(out_s), ts=p_ts, st=p_st, t=_softmax(out_t)))
+    return terms, cache, F.batch_stats
+
+  def generator_objective(params, state, batch):
+    terms, cache, batch_stats = generator_terms(params, state, batch)
+    weights = loss_weights(config, state.step)
+    total = sum(weights[k] * v for k, v in terms.items())
+    return total, (terms, cache, batch_stats)
+
+  def discriminator_objective(d_params, batch: Batch, cache):
+    """Image- and output-space discriminators on detached inputs."""
+    terms = {}
+    if train_translator:
+      D = lambda x, domain: nets.d_img.apply({"params": d_params["d_img"]}, x,
+                                             domain)
+      disc = functools.partial(losses.discriminator_loss, gan_loss=w.img_gan)
+      terms["d_img"] = (disc(D(batch["target_image"], "T"), D(cache["x_st"], "T"))
+                        + disc(D(batch["source_image"], "S"), D(cache["x_ts"], "S")))
+    if "probs" in cache:
+      p = cache["probs"]
+      disc = functools.partial(losses.discriminator_loss, gan_loss=w.feat_gan)
+      D = lambda h, x, domain: nets.d_feat.apply(
+          {"params": d_params["d_feat"][h]}, x, domain)
+      terms["d_feat"] = sum(
+          disc(D(h, p["s"][h], "S"), D(h, p["ts"][h], "S"), real_target=SOURCE,
+               fake_target=TARGET)
+          + disc(D(h, p["t"][h], "T"), D(h, p["st"][h], "T"),
+                 real_target=TARGET, fake_target=SOURCE)
+          for h in heads)
+    return sum(terms.values()), terms
+
+  def train_step(state: CrDoCoState, batch: Batch
+                 ) -> Tuple[CrDoCoState, Dict[str, jax.Array]]:
+    params = {}
+    if adapt:
+      params["task"] = state.task.params
+    if train_translator:
+      params["translator"] = state.translator.params
+    (total, (terms, cache, batch_stats)), grads = jax.value_and_grad(
+        generator_objective, has_aux=True)(params, state, batch)
+    grads = jax.lax.pmean(grads, AXIS)
+    new = {}
+    if "task" in grads:
+      new["task"] = state.task.apply_gradients(grads=grads["task"],
+                                               batch_stats=batch_stats)
+    if "translator" in grads:
+      new["translator"] = state.translator.apply_gradients(
+          grads=grads["translator"])
+
+    d_params = {}
+    if train_translator:
+      d_params["d_img"] = state.d_img.params
+    if "probs" in cache:
+      d_params["d_feat"] = state.d_feat.params
+    d_terms = {}
+    if d_params:
+      (_, d_terms), d_grads = jax.value_and_grad(
+          discriminator_objective, has_aux=True)(d_params, batch, cache)
+      d_grads = jax.lax.pmean(d_grads, AXIS)
+      for name, g in d_grads.items():
+        new[name] = getattr(state, name).apply_gradients(grads=g)
+
+    metrics = {f"loss/{k}": v for k, v in {**terms, **d_terms}.items()}
+    metrics["loss/total"] = total
+    metrics = jax.lax.pmean(metrics, AXIS)
+    return state.replace(step=state.step + 1, **new), metrics
+
+  return train_step
+
+
+def make_eval_step(config: ml_collections.ConfigDict, nets: Networks
+                   ) -> Callable:
+  """``eval_step(state, batch) -> confusion matrix [C, C]`` of F_T's main
+  head on ``batch['image']`` vs ``batch['label']``, summed over ``AXIS``."""
+  def eval_step(state: CrDoCoState, batch: Batch) -> jax.Array:
+    out = nets.task.apply({"params": state.task.params,
+                           "batch_stats": state.task.batch_stats},
+                          batch["image"], "T", train=False)["main"]
+    cm = evaluate.confusion_matrix(jnp.argmax(out, -1), batch["label"],
+                                   config.data.num_classes,
+                                   config.data.ignore_label)
+    return jax.lax.psum(cm, AXIS)
+  return eval_step
+
+
+def make_visualize_step(config: ml_collections.ConfigDict, nets: Networks
+                        ) -> Callable:
+  """``(state, batch) -> dict`` of translations and argmax predictions for
+  image summaries: I_S, I_{S->T}, I_T, I_{T->S}, F_S(I_S), F_T(I_T)."""
+  def visualize_step(state: CrDoCoState, batch: Batch) -> Batch:
+    task_vars = {"params": state.task.params,
+                 "batch_stats": state.task.batch_stats}
+    predict = lambda x, domain: jnp.argmax(nets.task.apply(
+        task_vars, x, domain, train=False)["main"], -1)
+    x_s, x_t = batch["source_image"], batch["target_image"]
+    out = dict(source=x_s, target=x_t, source_label=batch["source_label"],
+               pred_source=predict(x_s, "S"), pred_target=predict(x_t, "T"))
+    if "target_label" in batch:
+      out["target_label"] = batch["target_label"]
+    if state.translator is not None:
+      G = lambda x, d: nets.translator.apply(
+          {"params": state.translator.params}, x, d)
+      out.update(source_to_target=G(x_s, "S2T"), target_to_source=G(x_t, "T2S"))
+    return out
+  return visualize_step
