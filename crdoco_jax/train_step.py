@@ -206,8 +206,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       for name, g in d_grads.items():
         new[name] = getattr(state, name).apply_gradients(grads=g)
 
-    metrics = {f"loss/{k}": v for k, v in {**terms, **d_terms}.items()}
-    metrics["loss/total"] = total
+    metrics = {f"loss_{k}": v for k, v in {**terms, **d_terms}.items()}
+    metrics["loss_total"] = total
     metrics = jax.lax.pmean(metrics, AXIS)
     return state.replace(step=state.step + 1, **new), metrics
 

@@ -10,3 +10,34 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # shape; the classic one compiles in well under a second. pmap code does not
 # need partitionable keys (see crdoco_jax/train.py, which does the same).
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
+# One persistent compilation cache per test session: tests that compile the
+# same step in several processes (resume, launch.py) compile it once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.dirname(__file__), "..",
+                                   ".pytest_cache", "jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import pytest  # noqa: E402  (after the environment is set)
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """A tfds data dir holding the demo pair with small splits."""
+  from crdoco_jax.data import demo_seg
+  root = str(tmp_path_factory.mktemp("tfds"))
+  sizes = dict(demo_seg.SPLIT_SIZES)
+  demo_seg.SPLIT_SIZES.update(train=16, val=8)
+  try:
+    for domain in demo_seg.DOMAINS:
+      demo_seg.build(domain, root)
+  finally:
+    demo_seg.SPLIT_SIZES.update(sizes)
+  return root
+
+
+@pytest.fixture
+def tiny_config(tfds_dir):
+  from configs import seg
+  config = seg.get_config("tiny")
+  config.data.tfds_data_dir = tfds_dir
+  return config

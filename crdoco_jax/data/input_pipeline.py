@@ -1,0 +1,203 @@
+"""Deterministic, resumable input pipeline over random-access tfds sources.
+
+Why index-based rather than a tf.data stream: the examples of step ``k`` are
+a pure function of ``(seed, k)`` (an epoch-wise permutation of the dataset
+indexes the global sample position), so a job restarted at step ``k`` reads
+exactly the batches an uninterrupted job would, with no iterator state to
+checkpoint, and each process reads only its own slice of every global batch.
+Records come from ``tfds.data_source`` (array_record, random access); decoding
+and augmentation run on a thread pool a few steps ahead of the devices.
+
+Batches are dicts of NumPy arrays shaped ``[local_devices, per_device_batch,
+...]``: images float32 in [-1, 1] ``[..., H, W, 3]``, labels int32
+``[..., H, W]`` (``ignore_label`` for unlabelled pixels).
+"""
+import concurrent.futures
+import functools
+import os
+from typing import Dict, Iterator, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+Batch = Dict[str, np.ndarray]
+DEMO_COMMAND = ("python launch.py --config=configs/seg.py:demo "
+                "--workdir=/tmp/crdoco_demo")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """A configured dataset is not where the config says it is."""
+
+
+def data_dir(config: ml_collections.ConfigDict) -> str:
+  return config.data.tfds_data_dir or os.path.expanduser(
+      os.path.join("~", "tensorflow_datasets"))
+
+
+def open_source(domain: ml_collections.ConfigDict, split: str,
+                tfds_data_dir: str):
+  """Random-access source of ``{'image', 'label'}`` examples of one domain.
+
+  The embedded demo pair is generated on first use; other datasets must have
+  been prepared (see the README) or a clear error names where they belong.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = domain.name + (f"/{domain.builder_config}"
+                        if domain.builder_config else "")
+  if domain.name == "crdoco_demo_seg":
+    from crdoco_jax.data import demo_seg  # pylint: disable=g-import-not-at-top
+    return demo_seg.build(domain.builder_config, tfds_data_dir
+                          ).as_data_source(split=split)
+  try:
+    return tfds.data_source(name, split=split, data_dir=tfds_data_dir,
+                            download=False)
+  except Exception as e:  # tfds raises several types for a missing dataset
+    raise DatasetNotFoundError(
+        f"Dataset {name!r} (split {split!r}) is not prepared under "
+        f"{tfds_data_dir!r}: {e}\nPrepare it as the README's 'Datasets' "
+        f"section describes (set --config.data.tfds_data_dir if it lives "
+        f"elsewhere), or try the embedded demo pair first: {DEMO_COMMAND}"
+    ) from e
+
+
+def _resize(array: np.ndarray, size: Sequence[int], nearest: bool
+            ) -> np.ndarray:
+  if tuple(array.shape[:2]) == tuple(size):
+    return array
+  resample = Image.NEAREST if nearest else Image.BICUBIC
+  return np.asarray(Image.fromarray(array).resize(
+      (size[1], size[0]), resample=resample))
+
+
+def decode_example(example, image_size: Sequence[int], flip: bool,
+                   ignore_label: int) -> Dict[str, np.ndarray]:
+  """One record -> float image in [-1, 1] and int32 labels, resized to
+  ``image_size`` (bicubic / nearest) and optionally mirrored."""
+  image = _resize(np.asarray(example["image"]), image_size, nearest=False)
+  out = {"image": image.astype(np.float32) / 127.5 - 1.0}
+  if "label" in example:
+    label = np.asarray(example["label"])
+    label = label[..., 0] if label.ndim == 3 else label
+    out["label"] = _resize(label, image_size, nearest=True).astype(np.int32)
+  else:
+    out["label"] = np.full(image_size, ignore_label, np.int32)
+  if flip:
+    out = {k: v[:, ::-1] for k, v in out.items()}
+  return out
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, stream: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, stream, epoch]).permutation(n)
+
+
+def example_indices(step: int, n: int, global_batch: int, local_batch: int,
+                    process_index: int, seed: int, stream: int) -> np.ndarray:
+  """Dataset indices of this process's share of global batch ``step``.
+
+  Global sample position ``q = step * global_batch + process_index *
+  local_batch + j`` reads ``perm_epoch[q % n]`` with ``epoch = q // n``.
+  """
+  q = (step * global_batch + process_index * local_batch
+       + np.arange(local_batch))
+  return np.array([_permutation(n, seed, stream, int(e))[r]
+                   for e, r in zip(q // n, q % n)]), q
+
+
+class TrainBatches:
+  """Zipped source/target training batches; ``batch(step)`` is pure.
+
+  ``iterate(start_step)`` yields batches ``start_step, start_step + 1, ...``
+  prepared ``prefetch`` steps ahead on ``workers`` threads.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               num_local_devices: Optional[int] = None,
+               process_index: Optional[int] = None,
+               process_count: Optional[int] = None,
+               workers: int = 4, prefetch: int = 4):
+    self.config = config
+    self.local_devices = num_local_devices or jax.local_device_count()
+    self.process_index = (jax.process_index() if process_index is None
+                          else process_index)
+    process_count = (jax.process_count() if process_count is None
+                     else process_count)
+    self.per_device = config.data.per_device_batch
+    self.local_batch = self.local_devices * self.per_device
+    self.global_batch = self.local_batch * process_count
+    root = data_dir(config)
+    needs_target_labels = config.method == "oracle"
+    self.streams = {"source": open_source(config.source,
+                                          config.source.train_split, root),
+                    "target": open_source(config.target,
+                                          config.target.train_split, root)}
+    self.keep_target_label = needs_target_labels
+    self.workers, self.prefetch = workers, prefetch
+
+  def _stream(self, name: str, stream_id: int, step: int) -> Batch:
+    source = self.streams[name]
+    domain = self.config[name]
+    seed = self.config.seed
+    idx, positions = example_indices(step, len(source), self.global_batch,
+                                     self.local_batch, self.process_index,
+                                     seed, stream_id)
+    examples = []
+    for i, q in zip(idx, positions):
+      flip = (self.config.data.hflip and
+              np.random.default_rng([seed, stream_id, int(q), 7]).random()
+              < 0.5)
+      examples.append(decode_example(source[int(i)], domain.image_size, flip,
+                                     self.config.data.ignore_label))
+    shape = (self.local_devices, self.per_device)
+    return {f"{name}_{k}": np.stack([e[k] for e in examples]).reshape(
+        shape + examples[0][k].shape) for k in examples[0]}
+
+  def batch(self, step: int) -> Batch:
+    """The local share of global batch ``step``."""
+    out = {**self._stream("source", 0, step), **self._stream("target", 1, step)}
+    if not self.keep_target_label:
+      del out["target_label"]
+    return out
+
+  def iterate(self, start_step: int = 0) -> Iterator[Batch]:
+    with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+      pending = [pool.submit(self.batch, s)
+                 for s in range(start_step, start_step + self.prefetch)]
+      step = start_step + self.prefetch
+      while True:
+        result = pending.pop(0).result()
+        pending.append(pool.submit(self.batch, step))
+        step += 1
+        yield result
+
+
+def eval_batches(config: ml_collections.ConfigDict,
+                 num_local_devices: Optional[int] = None,
+                 process_index: Optional[int] = None,
+                 process_count: Optional[int] = None) -> Iterator[Batch]:
+  """The target domain's evaluation split, each process taking every
+  ``process_count``-th example; the last batch is padded with ignored
+  pixels so every batch has the same shape (no recompilation)."""
+  devices = num_local_devices or jax.local_device_count()
+  p = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  domain = config.target
+  source = open_source(domain, domain.eval_split, data_dir(config))
+  indices = list(range(p, len(source), count))
+  per_batch = devices * config.data.eval_per_device_batch
+  ignore = config.data.ignore_label
+  # Every process runs the same number of batches (collectives must match).
+  n_batches = -(-len(range(0, len(source), count)) // per_batch)
+  for b in range(n_batches):
+    chunk = indices[b * per_batch:(b + 1) * per_batch]
+    examples = [decode_example(source[i], domain.image_size, False, ignore)
+                for i in chunk]
+    h, w = domain.image_size
+    while len(examples) < per_batch:
+      examples.append({"image": np.zeros((h, w, 3), np.float32),
+                       "label": np.full((h, w), ignore, np.int32)})
+    yield {k: np.stack([e[k] for e in examples]).reshape(
+        (devices, config.data.eval_per_device_batch) + examples[0][k].shape)
+           for k in ("image", "label")}

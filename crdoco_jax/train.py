@@ -1,0 +1,214 @@
+"""Training and evaluation loops: ``train_and_evaluate(config, workdir)``.
+
+Side effects live here (data, checkpoints, logs, images); the maths lives in
+``train_step.py``. Every process runs this loop; process 0 alone writes
+logs, images and results, all processes take part in checkpointing.
+"""
+import json
+import os
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, metrics, periodic_actions
+
+from crdoco_jax import checkpointing, evaluate, parallel, visualize
+from crdoco_jax import state as state_lib
+from crdoco_jax import train_step as step_lib
+from crdoco_jax.data import input_pipeline
+from crdoco_jax.models import build_networks
+
+RESULTS_FILE = "results.json"
+
+
+def configure_jax(config: ml_collections.ConfigDict) -> None:
+  """Process-wide JAX settings the config asks for (call before tracing)."""
+  jax.config.update("jax_threefry_partitionable",
+                    config.compute.threefry_partitionable)
+
+
+def initial_state(config: ml_collections.ConfigDict, workdir: str
+                  ) -> Any:
+  """Fresh state, replaced by the workdir's newest checkpoint if any."""
+  nets = build_networks(config)
+  create = lambda: state_lib.create_train_state(
+      config, nets, jax.random.PRNGKey(config.seed))
+  manager = checkpointing.make_manager(workdir,
+                                       config.train.keep_checkpoints)
+  # Shapes only: initialising (and compiling the inits) is skipped on resume.
+  restored, step = checkpointing.restore_latest(manager, jax.eval_shape(create),
+                                                workdir, config)
+  if restored is None:
+    return create(), manager
+  logging.info("Resuming from the checkpoint of step %d in %s.", step, workdir)
+  return restored, manager
+
+
+def mean_metrics(history) -> Dict[str, float]:
+  """Averages a list of pmapped metric dicts (one entry per step) with a
+  clu ``Average`` per key; one host transfer for the whole window."""
+  history = jax.device_get(history)
+  names = sorted(history[0])
+  collection = metrics.Collection.create(
+      **{n: metrics.Average.from_output(n) for n in names})
+  total = None
+  for m in history:
+    update = collection.single_from_model_output(
+        **{n: np.asarray(m[n][0]) for n in names})
+    total = update if total is None else total.merge(update)
+  return {f"train/{k}": float(v) for k, v in total.compute().items()}
+
+
+def evaluate_target(p_eval, state, config) -> Dict[str, Any]:
+  """F_T on the target evaluation split: mIoU and per-class IoU."""
+  cm = np.zeros((config.data.num_classes,) * 2, np.int64)
+  for batch in input_pipeline.eval_batches(config):
+    cm += np.asarray(p_eval(state, parallel.shard(batch))[0], np.int64)
+  ious = evaluate.iou_from_confusion(cm)
+  return dict(miou=evaluate.mean_iou(cm), ious=ious,
+              pixel_accuracy=evaluate.pixel_accuracy(cm),
+              pixels=int(cm.sum()))
+
+
+def write_eval(writer, step: int, result: Dict[str, Any],
+               config: ml_collections.ConfigDict) -> None:
+  names = config.data.class_names
+  scalars = {"eval/target_miou": 100 * result["miou"],
+             "eval/target_pixel_accuracy": 100 * result["pixel_accuracy"]}
+  scalars.update({f"eval_iou/{n}": 100 * float(v)
+                  for n, v in zip(names, result["ious"]) if np.isfinite(v)})
+  writer.write_scalars(step, scalars)
+  logging.info("Target-domain evaluation at step %d:\n%s", step,
+               evaluate.format_iou_table(result["ious"], names))
+
+
+def summary_image(images: Dict[str, np.ndarray], config,
+                  max_rows: int = 4) -> np.ndarray:
+  """Grid: per example, I_S | I_S->T | Y_S | F_S(I_S) and
+  I_T | I_T->S | Y_T (if known) | F_T(I_T)."""
+  images = {k: np.asarray(v).reshape((-1,) + v.shape[2:])
+            for k, v in images.items()}
+  palette = visualize.palette_for(config.data.num_classes,
+                                  config.data.class_names)
+  img = visualize.to_uint8_image
+  lab = lambda x: visualize.colorize(x, palette)
+  blank = lambda x: np.zeros(x.shape[:2] + (3,), np.uint8)
+  rows = []
+  for i in range(min(max_rows, len(images["source"]))):
+    s, t = images["source"][i], images["target"][i]
+    rows.append([img(s), img(images.get("source_to_target", s * 0 - 1)[i]),
+                 lab(images["source_label"][i]),
+                 lab(images["pred_source"][i])])
+    rows.append([img(t), img(images.get("target_to_source", t * 0 - 1)[i]),
+                 lab(images["target_label"][i]) if "target_label" in images
+                 else blank(t), lab(images["pred_target"][i])])
+  return visualize.image_grid(rows)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> Dict[str, Any]:
+  """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates
+  on the target split every ``eval_every`` steps and at the end; returns
+  and writes the final evaluation to ``workdir/results.json``."""
+  configure_jax(config)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    checkpointing.write_config(workdir, config)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_chief, asynchronous=False)
+  logging.info("Processes: %d, local devices: %d, global devices: %d",
+               jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+  host_state, manager = initial_state(config, workdir)
+  start = int(host_state.step)
+  logging.info("Parameters per network group: %s",
+               state_lib.parameter_counts(host_state))
+  if start == 0:
+    writer.write_hparams(checkpointing._flat_config(config.to_dict()))  # pylint: disable=protected-access
+  state = parallel.replicate(host_state)
+  del host_state
+
+  nets = build_networks(config, bn_axis_name=parallel.AXIS)
+  pmap = lambda f, **kw: jax.pmap(f, axis_name=parallel.AXIS, **kw)
+  phases = (["translator"] if config.translator.pretrain_steps > 0 else []) + [
+      "adapt"]
+  p_train = {p: pmap(step_lib.make_train_step(config, nets, p),
+                     donate_argnums=(0,)) for p in phases}
+  p_eval = pmap(step_lib.make_eval_step(config, nets))
+  p_visualize = pmap(step_lib.make_visualize_step(config, nets))
+
+  tc = config.train
+  hooks = []
+  if is_chief:
+    hooks.append(periodic_actions.ReportProgress(num_train_steps=tc.num_steps,
+                                                 writer=writer))
+    if tc.profile_steps > 0:
+      hooks.append(periodic_actions.Profile(num_profile_steps=tc.profile_steps,
+                                            logdir=workdir))
+  batches = parallel.prefetch_to_device(
+      input_pipeline.TrainBatches(config).iterate(start))
+
+  history, result = [], None
+  t0 = time.time()
+  for step in range(start, tc.num_steps):
+    is_last = step + 1 == tc.num_steps
+    phase = ("translator" if step < config.translator.pretrain_steps
+             else "adapt")
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      batch = next(batches)
+      state, step_metrics = p_train[phase](state, batch)
+    history.append(step_metrics)
+    for hook in hooks:
+      hook(step + 1)
+    if (step + 1) % tc.log_every == 0 or is_last:
+      writer.write_scalars(step + 1, mean_metrics(history))
+      history = []
+    if tc.image_every and ((step + 1) % tc.image_every == 0 or is_last):
+      grid = summary_image(jax.device_get(p_visualize(state, batch)), config)
+      writer.write_images(step + 1, {"translations_predictions": grid[None]})
+      if is_chief:
+        visualize.save_png(os.path.join(workdir, "images",
+                                        f"step_{step + 1:07d}.png"), grid)
+    if (step + 1) % tc.eval_every == 0 or is_last:
+      result = evaluate_target(p_eval, state, config)
+      write_eval(writer, step + 1, result, config)
+    if (step + 1) % tc.checkpoint_every == 0 or is_last:
+      checkpointing.save(manager, step + 1, parallel.unreplicate(state))
+  writer.flush()
+
+  if result is None:  # resumed at the end: evaluate the restored state
+    result = evaluate_target(p_eval, state, config)
+  result = dict(method=config.method, step=tc.num_steps,
+                target_miou=100 * result["miou"],
+                per_class_iou={n: 100 * float(v) for n, v in
+                               zip(config.data.class_names, result["ious"])},
+                train_seconds_this_run=time.time() - t0)
+  if is_chief:
+    with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+      json.dump(result, f, indent=1)
+  logging.info("Final target mIoU (%s): %.2f", config.method,
+               result["target_miou"])
+  return result
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str
+                        ) -> Dict[str, Any]:
+  """``--mode=eval``: evaluates the workdir's newest checkpoint."""
+  configure_jax(config)
+  host_state, manager = initial_state(config, workdir)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints to "
+                            "evaluate; train first (--mode=train).")
+  nets = build_networks(config, bn_axis_name=parallel.AXIS)
+  p_eval = jax.pmap(step_lib.make_eval_step(config, nets),
+                    axis_name=parallel.AXIS)
+  result = evaluate_target(p_eval, parallel.replicate(host_state), config)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  write_eval(writer, int(host_state.step), result, config)
+  writer.flush()
+  return result

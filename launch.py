@@ -1,0 +1,58 @@
+r"""Entry point: ``python launch.py --config=configs/seg.py --workdir=DIR``.
+
+  python launch.py --config=configs/seg.py:demo --workdir=/tmp/crdoco_demo
+  python launch.py --config=configs/seg.py:demo --config.train.num_steps=100 \
+      --workdir=/tmp/crdoco_demo
+  python launch.py --config=configs/seg.py --workdir=DIR --mode=eval
+
+Multi-process (one process per host): on TPU pods and SLURM pass
+``--distributed`` and JAX finds its peers; elsewhere give
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/seg.py:demo.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, results.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                          "train (evaluating periodically) or eval.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() with cluster "
+    "auto-detection (TPU pods, SLURM, ...).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0 (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # TensorFlow (tfds) must not take accelerator memory from JAX.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value is not None:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                               _PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, local devices %s, %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_devices(),
+               jax.device_count())
+
+  from crdoco_jax import train  # pylint: disable=g-import-not-at-top
+  if _MODE.value == "train":
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    print(f"Final target mIoU ({_CONFIG.value.method}): "
+          f"{result['target_miou']:.2f}")
+  else:
+    result = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    print(f"Target mIoU: {100 * result['miou']:.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,186 @@
+"""Training system: pmapped step equivalence, learning, checkpoints, resume."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import seg
+from crdoco_jax import checkpointing, models, parallel, train
+from crdoco_jax import state as state_lib
+from crdoco_jax import train_step as step_lib
+from crdoco_jax.data import input_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stack(tree, n):
+  return jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * n), tree)
+
+
+def test_pmapped_step_on_4_devices_equals_one_device_global_batch(tiny_config):
+  config = tiny_config
+  # Adam's first update is lr * sign(g) for tiny g: rounding can flip it.
+  # Plain SGD keeps parameter differences proportional to gradient ones.
+  for name in ("translator", "task_net", "d_img", "d_feat"):
+    config.optim[name].update(name="sgd", lr=0.01, weight_decay=0.0)
+  n = jax.local_device_count()
+  assert n == 4
+  host_state = state_lib.create_train_state(
+      config, models.build_networks(config), jax.random.PRNGKey(0))
+  batch = input_pipeline.TrainBatches(config, num_local_devices=n).batch(0)
+  # Per-device means equal the global mean only with equal valid-pixel
+  # counts per device; the demo labels every pixel.
+  assert not np.any(batch["source_label"] == config.data.ignore_label)
+  nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
+  step = step_lib.make_train_step(config, nets)
+  devices = jax.local_devices()
+  p4 = jax.pmap(step, axis_name=parallel.AXIS, devices=devices)
+  p1 = jax.pmap(step, axis_name=parallel.AXIS, devices=devices[:1])
+  s4, m4 = p4(stack(host_state, n), batch)
+  whole = jax.tree_util.tree_map(
+      lambda x: x.reshape((1, -1) + x.shape[2:]), batch)
+  s1, m1 = p1(stack(host_state, 1), whole)
+  for k in m1:
+    np.testing.assert_allclose(m4[k][0], m1[k][0], rtol=2e-4, atol=1e-5,
+                               err_msg=k)
+  leaves4 = jax.tree_util.tree_leaves_with_path(s4)
+  leaves1 = jax.tree_util.tree_leaves(s1)
+  for (path, a), b in zip(leaves4, leaves1):
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-3, atol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))
+    # Every device holds the same copy after the step.
+    np.testing.assert_array_equal(a[0], a[-1])
+  # The step changed every network.
+  for group in ("task", "translator", "d_img", "d_feat"):
+    before = jax.tree_util.tree_leaves(getattr(host_state, group).params)
+    after = jax.tree_util.tree_leaves(getattr(s4, group).params)
+    assert any(not np.allclose(a, b[0]) for a, b in zip(before, after)), group
+
+
+def test_a_few_steps_lower_the_task_loss(tiny_config):
+  config = tiny_config
+  host_state = state_lib.create_train_state(
+      config, models.build_networks(config), jax.random.PRNGKey(0))
+  nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
+  p_step = jax.pmap(step_lib.make_train_step(config, nets),
+                    axis_name=parallel.AXIS, donate_argnums=(0,))
+  state = parallel.replicate(host_state)
+  batches = input_pipeline.TrainBatches(config)
+  task = []
+  for i in range(8):
+    state, m = p_step(state, parallel.shard(batches.batch(i % 2)))
+    task.append(float(m["loss_task"][0]))
+  assert all(np.isfinite(task)), task
+  assert np.mean(task[-2:]) < 0.8 * np.mean(task[:2]), task
+
+
+def test_source_only_and_frozen_translator_steps_run(tiny_config):
+  for variant in ("source_only", "frozen_translator"):
+    config = seg.get_config(f"tiny,{variant}")
+    config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
+    host_state = state_lib.create_train_state(
+        config, models.build_networks(config), jax.random.PRNGKey(0))
+    assert (host_state.translator is None) == (variant == "source_only")
+    nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
+    p_step = jax.pmap(step_lib.make_train_step(config, nets),
+                      axis_name=parallel.AXIS)
+    batch = input_pipeline.TrainBatches(config).batch(0)
+    new, m = p_step(parallel.replicate(host_state), parallel.shard(batch))
+    assert np.isfinite(m["loss_total"][0])
+    if variant == "frozen_translator":
+      same = jax.tree_util.tree_map(
+          lambda a, b: np.array_equal(a, b[0]),
+          host_state.translator.params, new.translator.params)
+      assert all(jax.tree_util.tree_leaves(same))
+      assert "loss_img_adv" not in m and "loss_consistency" in m
+
+
+def test_save_restore_gives_identical_state(tiny_config, tmp_path):
+  config = tiny_config
+  state = state_lib.create_train_state(
+      config, models.build_networks(config), jax.random.PRNGKey(3))
+  state = state.replace(step=np.int32(7))
+  manager = checkpointing.make_manager(str(tmp_path), 2)
+  checkpointing.save(manager, 7, state)
+  restored, step = checkpointing.restore_latest(
+      manager, jax.eval_shape(lambda: state), str(tmp_path), config)
+  assert step == 7
+  assert (jax.tree_util.tree_structure(restored)
+          == jax.tree_util.tree_structure(state))
+  for a, b in zip(jax.tree_util.tree_leaves(state),
+                  jax.tree_util.tree_leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_restart_resumes_from_last_checkpoint_and_rejects_other_config(
+    tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny_config
+  config.train.num_steps = 2
+  first = train.train_and_evaluate(config, workdir)
+  assert first["step"] == 2
+  config.train.num_steps = 4
+  second = train.train_and_evaluate(config, workdir)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
+                                                         "checkpoints")))
+  assert steps == [2, 4] and second["step"] == 4
+  state, manager = train.initial_state(config, workdir)
+  assert int(state.step) == 4 and manager.latest_step() == 4
+  assert os.listdir(os.path.join(workdir, "images"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  # The same workdir with different network shapes: a clear error.
+  config.task_net.width = 16
+  with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                     match=r"task_net\.width: 8 -> 16"):
+    train.initial_state(config, workdir)
+
+
+def test_pipeline_is_deterministic_and_resumable(tiny_config):
+  a = input_pipeline.TrainBatches(tiny_config)
+  b = input_pipeline.TrainBatches(tiny_config)
+  it = b.iterate(start_step=5)
+  for k in range(5, 9):
+    x, y = a.batch(k), next(it)
+    assert set(x) == {"source_image", "source_label", "target_image"}
+    assert x["source_image"].shape == (4, 1, 32, 32, 3)
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  assert not np.array_equal(a.batch(0)["target_image"],
+                            a.batch(1)["target_image"])
+
+
+def test_processes_read_disjoint_shards(tiny_config):
+  idx = [input_pipeline.example_indices(3, 16, 8, 4, p, 0, 0)[0]
+         for p in range(2)]
+  assert not set(idx[0]) & set(idx[1])
+  assert sorted(np.concatenate(idx)) == sorted(
+      input_pipeline.example_indices(3, 16, 8, 8, 0, 0, 0)[0])
+
+
+def test_missing_dataset_error_names_path_and_demo(tmp_path):
+  config = seg.get_config()
+  with pytest.raises(input_pipeline.DatasetNotFoundError) as e:
+    input_pipeline.open_source(config.source, "train", str(tmp_path))
+  assert str(tmp_path) in str(e.value) and "gta5" in str(e.value)
+  assert "configs/seg.py:demo" in str(e.value)
+
+
+def test_config_variants_and_typos():
+  config = seg.get_config("demo,source_only")
+  assert config.method == "source_only" and config.task_net.arch == "resnet18"
+  with pytest.raises(AttributeError, match="num_stepz"):
+    config.train.num_stepz = 3
+  with pytest.raises(ValueError, match="demoo"):
+    seg.get_config("demoo")
+
+
+def test_launch_rejects_misspelt_override(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/seg.py:tiny",
+       f"--workdir={tmp_path}", "--config.train.num_stepz=3"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert "num_stepz" in out.stderr
