@@ -148,7 +148,7 @@ def _demo(c):
   c.task_net.update(arch="resnet18", multi_level=False, width=32)
   c.disc.update(img_ndf=16, feat_ndf=16)
   c.optim.task_net.update(name="adam", lr=1e-3, schedule="constant")
-  c.train.update(num_steps=1500, schedule_steps=1500, log_every=50,
+  c.train.update(num_steps=1000, schedule_steps=1000, log_every=50,
                  eval_every=500, checkpoint_every=500, image_every=500)
 
 

@@ -48,11 +48,23 @@ def test_pmapped_step_on_4_devices_equals_one_device_global_batch(tiny_config):
                                err_msg=k)
   leaves4 = jax.tree_util.tree_leaves_with_path(s4)
   leaves1 = jax.tree_util.tree_leaves(s1)
-  for (path, a), b in zip(leaves4, leaves1):
-    np.testing.assert_allclose(a[0], b[0], rtol=1e-3, atol=1e-5,
-                               err_msg=jax.tree_util.keystr(path))
+  init = jax.tree_util.tree_leaves(host_state)
+  diff, norm = 0.0, 0.0
+  for (path, a), b, a_init in zip(leaves4, leaves1, init):
+    # Relative error of each leaf's update as a whole: single elements of
+    # early BN-bias gradients are sums with heavy cancellation (f32 noise of
+    # a few 1e-2 relative there, 1e-7 elsewhere).
+    a0, b0 = (np.asarray(x[0], np.float64) - np.asarray(a_init, np.float64)
+              for x in (a, b))
+    # Leaves with no true gradient (a conv bias right before instance norm)
+    # move by rounding noise only.
+    if np.linalg.norm(b0) > 1e-5:
+      err = np.linalg.norm(a0 - b0) / np.linalg.norm(b0)
+      assert err < 5e-2, (jax.tree_util.keystr(path), err)
+    diff, norm = diff + np.sum((a0 - b0) ** 2), norm + np.sum(b0 ** 2)
     # Every device holds the same copy after the step.
     np.testing.assert_array_equal(a[0], a[-1])
+  assert np.sqrt(diff / norm) < 1e-3
   # The step changed every network.
   for group in ("task", "translator", "d_img", "d_feat"):
     before = jax.tree_util.tree_leaves(getattr(host_state, group).params)
