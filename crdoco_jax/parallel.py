@@ -7,7 +7,7 @@ the second call of a pmapped step recompile; these helpers avoid that.
 """
 import collections
 import itertools
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
@@ -16,15 +16,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 AXIS = "batch"
 
 
-def device_sharding(axis_name: str = AXIS) -> NamedSharding:
-  """Leading-axis sharding over this process's devices."""
-  mesh = Mesh(np.array(jax.local_devices()), (axis_name,))
+def device_sharding(axis_name: str = AXIS,
+                    devices: Optional[Sequence[Any]] = None) -> NamedSharding:
+  """Leading-axis sharding over ``devices`` (default: this process's)."""
+  mesh = Mesh(np.array(devices or jax.local_devices()), (axis_name,))
   return NamedSharding(mesh, PartitionSpec(axis_name))
 
 
-def shard(tree: Any, axis_name: str = AXIS) -> Any:
-  """Places ``[local_devices, ...]`` host arrays one slice per device."""
-  sharding = device_sharding(axis_name)
+def shard(tree: Any, axis_name: str = AXIS,
+          devices: Optional[Sequence[Any]] = None) -> Any:
+  """Places ``[n_devices, ...]`` host arrays one slice per device."""
+  sharding = device_sharding(axis_name, devices)
   return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
 
 

@@ -7,7 +7,7 @@ logs, images and results, all processes take part in checkpointing.
 import json
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 import ml_collections
@@ -95,16 +95,19 @@ def summary_image(images: Dict[str, np.ndarray], config,
                                   config.data.class_names)
   img = visualize.to_uint8_image
   lab = lambda x: visualize.colorize(x, palette)
-  blank = lambda x: np.zeros(x.shape[:2] + (3,), np.uint8)
+  # Methods without translator / target labels show black tiles there.
+  black = -np.ones_like(images["source"])
+  no_label = np.full(images["pred_target"].shape, 255)
   rows = []
   for i in range(min(max_rows, len(images["source"]))):
-    s, t = images["source"][i], images["target"][i]
-    rows.append([img(s), img(images.get("source_to_target", s * 0 - 1)[i]),
+    rows.append([img(images["source"][i]),
+                 img(images.get("source_to_target", black)[i]),
                  lab(images["source_label"][i]),
                  lab(images["pred_source"][i])])
-    rows.append([img(t), img(images.get("target_to_source", t * 0 - 1)[i]),
-                 lab(images["target_label"][i]) if "target_label" in images
-                 else blank(t), lab(images["pred_target"][i])])
+    rows.append([img(images["target"][i]),
+                 img(images.get("target_to_source", black)[i]),
+                 lab(images.get("target_label", no_label)[i]),
+                 lab(images["pred_target"][i])])
   return visualize.image_grid(rows)
 
 

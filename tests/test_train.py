@@ -102,6 +102,10 @@ def test_source_only_and_frozen_translator_steps_run(tiny_config):
     batch = input_pipeline.TrainBatches(config).batch(0)
     new, m = p_step(parallel.replicate(host_state), parallel.shard(batch))
     assert np.isfinite(m["loss_total"][0])
+    images = jax.pmap(step_lib.make_visualize_step(config, nets),
+                      axis_name=parallel.AXIS)(new, parallel.shard(batch))
+    grid = train.summary_image(jax.device_get(images), config)
+    assert grid.dtype == np.uint8 and grid.shape[-1] == 3
     if variant == "frozen_translator":
       same = jax.tree_util.tree_map(
           lambda a, b: np.array_equal(a, b[0]),

@@ -11,6 +11,11 @@ from crdoco_jax.models.discriminators import (DiscriminatorPair,
 from crdoco_jax.models.translator import ResnetGenerator, TranslatorPair
 
 
+__all__ = ["DiscriminatorPair", "FCDiscriminator", "Networks", "PatchGAN",
+           "ResnetGenerator", "TaskNetPair", "TranslatorPair",
+           "build_networks"]
+
+
 class Networks(NamedTuple):
   """The four network pairs of CrDoCo (module definitions, no parameters)."""
   translator: TranslatorPair      # G_S2T, G_T2S

@@ -1,6 +1,6 @@
 """Small building blocks shared by the networks (NHWC throughout)."""
 import functools
-from typing import Any, Sequence, Tuple
+from typing import Any, Tuple
 
 import flax.linen as nn
 import jax
@@ -92,6 +92,3 @@ def conv(features: int, kernel: int, stride: int = 1, padding: Any = 0,
                  use_bias=use_bias, kernel_init=kernel_init,
                  bias_init=nn.initializers.zeros, dtype=dtype, name=name)
 
-
-def sequence_names(prefix: str, n: int) -> Sequence[str]:
-  return [f"{prefix}{i}" for i in range(n)]
