@@ -9,6 +9,8 @@ Multi-process (one process per host): on TPU pods and SLURM pass
 ``--distributed`` and JAX finds its peers; elsewhere give
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
 """
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -28,9 +30,19 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietCheckpointer(std_logging.Filter):
+  """Drops Orbax's per-save INFO chatter (dozens of lines per checkpoint);
+  its warnings and errors still show."""
+
+  def filter(self, record):
+    return (record.levelno >= std_logging.WARNING
+            or "/orbax/" not in record.pathname)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietCheckpointer())
   # TensorFlow (tfds) must not take accelerator memory from JAX.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")

@@ -200,3 +200,24 @@ def test_launch_rejects_misspelt_override(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode != 0
   assert "num_stepz" in out.stderr
+
+
+def test_translator_pretraining_phase_updates_only_translators(tiny_config):
+  config = tiny_config
+  host_state = state_lib.create_train_state(
+      config, models.build_networks(config), jax.random.PRNGKey(0))
+  nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
+  p_step = jax.pmap(step_lib.make_train_step(config, nets, "translator"),
+                    axis_name=parallel.AXIS)
+  batch = input_pipeline.TrainBatches(config).batch(0)
+  new, m = p_step(parallel.replicate(host_state), parallel.shard(batch))
+  assert set(m) == {"loss_img_adv", "loss_rec", "loss_d_img", "loss_total"}
+  changed = lambda group: any(
+      not np.array_equal(a, b[0]) for a, b in zip(
+          jax.tree_util.tree_leaves(getattr(host_state, group).params),
+          jax.tree_util.tree_leaves(getattr(new, group).params)))
+  assert changed("translator") and changed("d_img")
+  assert not changed("task") and not changed("d_feat")
+  with pytest.raises(ValueError, match="source_only"):
+    step_lib.make_train_step(seg.get_config("tiny,source_only"), nets,
+                             "translator")
