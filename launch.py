@@ -47,6 +47,9 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   import jax  # pylint: disable=g-import-not-at-top
+  # Cross-process collectives for CPU devices (tests, CPU clusters); the
+  # GPU and TPU backends use their own.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if _COORDINATOR.value is not None:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)
@@ -59,8 +62,11 @@ def main(argv):
   from crdoco_jax import train  # pylint: disable=g-import-not-at-top
   if _MODE.value == "train":
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    print(f"Final target mIoU ({_CONFIG.value.method}): "
-          f"{result['target_miou']:.2f}")
+    if result.get("preempted"):
+      print(f"Preempted: checkpoint saved at step {result['step']}.")
+    else:
+      print(f"Final target mIoU ({_CONFIG.value.method}): "
+            f"{result['target_miou']:.2f}")
   else:
     result = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
     print(f"Target mIoU: {100 * result['miou']:.2f}")

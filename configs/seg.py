@@ -101,6 +101,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       image_every=1_000,
       profile_steps=0,         # >0: trace that many steps after warm-up
+      # A step with a non-finite loss or gradient never updates the state;
+      # 'skip' counts and logs it and goes on, 'stop' raises an error naming
+      # the step and the loss terms (checked at log and checkpoint steps).
+      nonfinite="skip",
   ))
   c.compute = ml_collections.ConfigDict(dict(
       dtype="float32",         # 'bfloat16': bf16 activations, f32 params

@@ -10,6 +10,7 @@ from typing import Any, Optional, Tuple
 
 import jax
 import ml_collections
+from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -69,18 +70,21 @@ def config_differences(workdir: str,
 def restore_latest(manager: ocp.CheckpointManager, target: Any,
                    workdir: str, config: ml_collections.ConfigDict
                    ) -> Tuple[Optional[Any], Optional[int]]:
-  """``(state, step)`` of the newest checkpoint, or ``(None, None)``.
+  """``(state, step)`` of the newest readable checkpoint, or ``(None, None)``.
 
-  ``target`` is a state of the right structure (values are not used).
+  ``target`` gives the structure (values unused; ShapeDtypeStructs are
+  fine). A checkpoint that cannot be read while the config is unchanged
+  (e.g. truncated by a kill during a save) is skipped with a warning in
+  favour of the next older one; one written by a different config raises
+  :class:`IncompatibleCheckpointError` naming the differing keys.
   """
-  step = manager.latest_step()
-  if step is None:
-    return None, None
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
       if not isinstance(x, jax.ShapeDtypeStruct) else x, target)
-  def incompatible(reason):
-    diffs = config_differences(workdir, config)
+  shapes = lambda t: [np.shape(x) for x in jax.tree_util.tree_leaves(t)]
+  diffs = config_differences(workdir, config)
+
+  def incompatible(step, reason):
     detail = ("\n  ".join(diffs) if diffs else
               "(no recorded config differences; the code may have changed)")
     return IncompatibleCheckpointError(
@@ -90,13 +94,27 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
         f"  {detail}\nUse a new --workdir, or the original config. "
         f"({reason[:300]})")
 
-  try:
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  except Exception as e:  # orbax raises several types on structure mismatch
-    raise incompatible("Orbax: " + str(e).splitlines()[0]) from e
-  shapes = lambda t: [np.shape(x) for x in jax.tree_util.tree_leaves(t)]
-  if (jax.tree_util.tree_structure(restored)
-      != jax.tree_util.tree_structure(abstract)
-      or shapes(restored) != shapes(abstract)):
-    raise incompatible("parameter shapes differ")
-  return restored, step
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step,
+                                 args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # pylint: disable=broad-except
+      reason = f"Orbax: {str(e).splitlines()[0] if str(e) else type(e)}"
+      if diffs:
+        raise incompatible(step, reason) from e
+      logging.warning("Checkpoint at step %d in %s is unreadable (%s); "
+                      "falling back to the previous one.", step,
+                      manager.directory, reason[:300])
+      failures.append(f"step {step}: {reason[:200]}")
+      continue
+    if (jax.tree_util.tree_structure(restored)
+        != jax.tree_util.tree_structure(abstract)
+        or shapes(restored) != shapes(abstract)):
+      raise incompatible(step, "parameter shapes differ")
+    return restored, step
+  if failures:
+    raise IOError(f"No readable checkpoint in {manager.directory}: "
+                  + "; ".join(failures) + ". Move the folder away to start "
+                  "afresh.")
+  return None, None

@@ -39,8 +39,13 @@ def replicate(tree: Any, axis_name: str = AXIS) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """The first device's copy of every leaf, as host NumPy arrays."""
-  return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), tree)
+  """This process's first device's copy of every leaf, as NumPy arrays
+  (also for multi-process arrays, whose other shards live elsewhere)."""
+  def first(x):
+    if isinstance(x, jax.Array):
+      return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
+    return np.asarray(x[0])
+  return jax.tree_util.tree_map(first, tree)
 
 
 def prefetch_to_device(iterator: Iterator[Any], size: int = 2,

@@ -29,6 +29,8 @@ class CrDoCoState:
   step: jax.Array
   rng: jax.Array
   task: TaskState
+  # Steps whose loss or gradient was not finite (their update was skipped).
+  nonfinite_steps: jax.Array = None
   translator: Optional[train_state.TrainState] = None
   d_img: Optional[train_state.TrainState] = None
   d_feat: Optional[train_state.TrainState] = None
@@ -54,7 +56,8 @@ def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
   task = TaskState.create(apply_fn=nets.task.apply, params=task_vars["params"],
                           batch_stats=task_vars["batch_stats"],
                           tx=make_tx("task_net"))
-  state = CrDoCoState(step=jnp.zeros((), jnp.int32), rng=k_state, task=task)
+  state = CrDoCoState(step=jnp.zeros((), jnp.int32), rng=k_state, task=task,
+                      nonfinite_steps=jnp.zeros((), jnp.int32))
   if not uses_translator(config):
     return _strong_types(state)
 

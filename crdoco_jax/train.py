@@ -6,6 +6,7 @@ logs, images and results, all processes take part in checkpointing.
 """
 import json
 import os
+import signal
 import time
 from typing import Any, Dict
 
@@ -14,6 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, metrics, periodic_actions
+from jax.experimental import multihost_utils
 
 from crdoco_jax import checkpointing, evaluate, parallel, visualize
 from crdoco_jax import state as state_lib
@@ -47,19 +49,70 @@ def initial_state(config: ml_collections.ConfigDict, workdir: str
   return restored, manager
 
 
-def mean_metrics(history) -> Dict[str, float]:
-  """Averages a list of pmapped metric dicts (one entry per step) with a
-  clu ``Average`` per key; one host transfer for the whole window."""
-  history = jax.device_get(history)
-  names = sorted(history[0])
+class NonFiniteLossError(FloatingPointError):
+  """A step produced a NaN/Inf loss or gradient (``train.nonfinite='stop'``)."""
+
+
+def mean_metrics(history: Dict[int, Dict[str, np.ndarray]]
+                 ) -> Dict[str, float]:
+  """Averages host copies of the pmapped metrics of a window of steps with a
+  clu ``Average`` per key, over the steps whose losses were finite; adds the
+  window's count of non-finite (skipped) steps."""
+  finite = [m for m in history.values() if m["nonfinite"][0] == 0]
+  out = {"train/nonfinite_steps": float(len(history) - len(finite))}
+  if not finite:
+    return out
+  names = sorted(k for k in finite[0] if k != "nonfinite")
   collection = metrics.Collection.create(
       **{n: metrics.Average.from_output(n) for n in names})
   total = None
-  for m in history:
+  for m in finite:
     update = collection.single_from_model_output(
         **{n: np.asarray(m[n][0]) for n in names})
     total = update if total is None else total.merge(update)
-  return {f"train/{k}": float(v) for k, v in total.compute().items()}
+  out.update({f"train/{k}": float(v) for k, v in total.compute().items()})
+  return out
+
+
+def check_finite(history: Dict[int, Dict[str, np.ndarray]],
+                 config: ml_collections.ConfigDict, manager) -> None:
+  """Logs every skipped non-finite step; raises in ``'stop'`` mode."""
+  for step, m in sorted(history.items()):
+    if m["nonfinite"][0] == 0:
+      continue
+    bad = [k for k, v in m.items()
+           if k != "nonfinite" and not np.isfinite(v[0])] or ["a gradient"]
+    message = (f"Non-finite loss or gradient at step {step} (in "
+               f"{', '.join(bad)}); that step's update was not applied.")
+    if config.train.nonfinite == "stop":
+      raise NonFiniteLossError(
+          f"{message} Stopping (train.nonfinite='stop'); the newest good "
+          f"checkpoint is step {manager.latest_step()}.")
+    logging.warning("%s Skipped (train.nonfinite='skip').", message)
+
+
+class PreemptionWatcher:
+  """Turns SIGTERM / SIGINT into a request to checkpoint and stop after the
+  current step; in multi-process runs the processes agree on when."""
+
+  def __init__(self):
+    self.signal = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.signal = signum
+
+  def requested(self) -> bool:
+    flag = self.signal is not None
+    if jax.process_count() > 1:
+      flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+    return flag
+
+  def restore(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM
+                    else signal.default_int_handler)
 
 
 def evaluate_target(p_eval, state, config) -> Dict[str, Any]:
@@ -155,21 +208,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   batches = parallel.prefetch_to_device(
       input_pipeline.TrainBatches(config).iterate(start))
 
-  history, result = [], None
+  history, result, preempted = {}, None, False
+  watcher = PreemptionWatcher()
   t0 = time.time()
   for step in range(start, tc.num_steps):
-    is_last = step + 1 == tc.num_steps
     phase = ("translator" if step < config.translator.pretrain_steps
              else "adapt")
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = next(batches)
-      state, step_metrics = p_train[phase](state, batch)
-    history.append(step_metrics)
+      state, history[step] = p_train[phase](state, batch)
     for hook in hooks:
       hook(step + 1)
-    if (step + 1) % tc.log_every == 0 or is_last:
+    preempted = watcher.requested()
+    is_last = step + 1 == tc.num_steps or preempted
+    checkpoint_now = (step + 1) % tc.checkpoint_every == 0 or is_last
+    if (step + 1) % tc.log_every == 0 or checkpoint_now:
+      # One host transfer per window; a bad step is reported before any
+      # checkpoint after it is written.
+      history = jax.device_get(history)
+      check_finite(history, config, manager)
       writer.write_scalars(step + 1, mean_metrics(history))
-      history = []
+      history = {}
+    if preempted:
+      checkpointing.save(manager, step + 1, parallel.unreplicate(state))
+      logging.warning("Received signal %s: saved the checkpoint of step %d "
+                      "and stopped; rerun the same command to resume.",
+                      watcher.signal, step + 1)
+      break
     if tc.image_every and ((step + 1) % tc.image_every == 0 or is_last):
       grid = summary_image(jax.device_get(p_visualize(state, batch)), config)
       writer.write_images(step + 1, {"translations_predictions": grid[None]})
@@ -179,9 +244,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     if (step + 1) % tc.eval_every == 0 or is_last:
       result = evaluate_target(p_eval, state, config)
       write_eval(writer, step + 1, result, config)
-    if (step + 1) % tc.checkpoint_every == 0 or is_last:
+    if checkpoint_now:
       checkpointing.save(manager, step + 1, parallel.unreplicate(state))
+  watcher.restore()
   writer.flush()
+  if preempted:
+    return dict(method=config.method, step=int(step + 1), preempted=True)
 
   if result is None:  # resumed at the end: evaluate the restored state
     result = evaluate_target(p_eval, state, config)

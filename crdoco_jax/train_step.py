@@ -69,6 +69,12 @@ def loss_weights(config: ml_collections.ConfigDict, step) -> Dict[str, Any]:
               identity=w.identity)
 
 
+def all_finite(tree) -> jax.Array:
+  """True iff every leaf of ``tree`` is free of NaN and Inf."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                     phase: str = "adapt") -> Callable:
   """Returns ``train_step(state, batch) -> (state, metrics)``, to be pmapped
@@ -198,7 +204,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       d_params["d_img"] = state.d_img.params
     if "probs" in cache:
       d_params["d_feat"] = state.d_feat.params
-    d_terms = {}
+    d_terms, d_grads = {}, {}
     if d_params:
       (_, d_terms), d_grads = jax.value_and_grad(
           discriminator_objective, has_aux=True)(d_params, batch, cache)
@@ -209,7 +215,18 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     metrics = {f"loss_{k}": v for k, v in {**terms, **d_terms}.items()}
     metrics["loss_total"] = total
     metrics = jax.lax.pmean(metrics, AXIS)
-    return state.replace(step=state.step + 1, **new), metrics
+    # Gradients are pmean-ed and metrics too, so every device agrees.
+    finite = all_finite((metrics, grads, d_grads))
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    # A non-finite step leaves every network as it was (its batch is
+    # skipped); the host decides whether to stop (config.train.nonfinite).
+    updated = state.replace(**new)
+    state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o),
+                                   updated, state)
+    return state.replace(
+        step=state.step + 1,
+        nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32)
+    ), metrics
 
   return train_step
 

@@ -37,29 +37,55 @@ def data_dir(config: ml_collections.ConfigDict) -> str:
 
 
 def open_source(domain: ml_collections.ConfigDict, split: str,
-                tfds_data_dir: str):
+                tfds_data_dir: str, num_classes: Optional[int] = None):
   """Random-access source of ``{'image', 'label'}`` examples of one domain.
 
-  The embedded demo pair is generated on first use; other datasets must have
-  been prepared (see the README) or a clear error names where they belong.
+  ``name='folder'`` reads the folder ``domain.dir`` directly (see
+  ``folder.py``; ``num_classes`` lets it reject out-of-range labels). The
+  embedded demo pair is generated on first use. Other tfds datasets are read
+  from ``tfds_data_dir``; one not prepared there yet is prepared from
+  ``domain.dir`` as its manual dir when that is set (``crdoco_gta5``,
+  ``crdoco_synthia`` and ``crdoco_cityscapes`` read the extracted folders),
+  else a clear error names where it belongs.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # Importing the builder modules registers their datasets with tfds.
+  # pylint: disable-next=g-import-not-at-top
+  from crdoco_jax.data import cityscapes, demo_seg, folder, gta5, synthia
+  if domain.name == "folder":
+    return folder.FolderSource(domain.dir, split, num_classes)
   name = domain.name + (f"/{domain.builder_config}"
                         if domain.builder_config else "")
-  if domain.name == "crdoco_demo_seg":
-    from crdoco_jax.data import demo_seg  # pylint: disable=g-import-not-at-top
+  if domain.name == demo_seg.DATASET_NAME:
     return demo_seg.build(domain.builder_config, tfds_data_dir
                           ).as_data_source(split=split)
+  fallback = (f"Or prepare it as the README's 'Datasets' section describes "
+              f"(set --config.data.tfds_data_dir if it lives elsewhere), or "
+              f"try the embedded demo pair first: {DEMO_COMMAND}")
   try:
-    return tfds.data_source(name, split=split, data_dir=tfds_data_dir,
-                            download=False)
-  except Exception as e:  # tfds raises several types for a missing dataset
+    builder = tfds.builder(name, data_dir=tfds_data_dir)
+  except Exception as e:  # tfds raises several types for an unknown name
     raise DatasetNotFoundError(
-        f"Dataset {name!r} (split {split!r}) is not prepared under "
-        f"{tfds_data_dir!r}: {e}\nPrepare it as the README's 'Datasets' "
-        f"section describes (set --config.data.tfds_data_dir if it lives "
-        f"elsewhere), or try the embedded demo pair first: {DEMO_COMMAND}"
-    ) from e
+        f"Unknown dataset {name!r} (looked for it under {tfds_data_dir!r}): "
+        f"{e}\nUse 'folder', {gta5.DATASET_NAME!r}, {synthia.DATASET_NAME!r} "
+        f"or {cityscapes.DATASET_NAME!r} (the last two with builder_config "
+        f"classes19/16/13), or a tfds dataset with 'image' and 'label' "
+        f"features. {fallback}") from e
+  if not builder.is_prepared():
+    if not domain.dir:
+      layout = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+      raise DatasetNotFoundError(
+          f"Dataset {name!r} (split {split!r}) is not prepared under "
+          f"{os.fspath(builder.data_dir)!r}. Set the domain's dir (e.g. "
+          f"--config.source.dir) to its manual dir to prepare it there"
+          + (f", laid out as:\n{layout}" if layout else ".\n") + fallback)
+    if not os.path.isdir(domain.dir):
+      raise DatasetNotFoundError(f"dir {domain.dir!r} of dataset {name!r} "
+                                 f"does not exist.")
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=domain.dir))
+  return builder.as_data_source(split=split)
 
 
 def _resize(array: np.ndarray, size: Sequence[int], nearest: bool

@@ -1,0 +1,208 @@
+"""Reliability: NaN guard, preemption, exact resume, damaged checkpoints,
+multi-process training. Subprocess tests run launch.py on 127.0.0.1 only."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from crdoco_jax import checkpointing, models, parallel, train
+from crdoco_jax import state as state_lib
+from crdoco_jax import train_step as step_lib
+from crdoco_jax.data import input_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 400
+
+
+def poisoned(batches_cls, bad_step):
+  """A TrainBatches whose images at ``bad_step`` are NaN."""
+  class Poisoned(batches_cls):
+    def batch(self, step):
+      out = super().batch(step)
+      if step == bad_step:
+        out["source_image"] = np.full_like(out["source_image"], np.nan)
+      return out
+  return Poisoned
+
+
+def test_nonfinite_step_is_skipped_on_device(tiny_config):
+  config = tiny_config
+  host = state_lib.create_train_state(config, models.build_networks(config),
+                                      jax.random.PRNGKey(0))
+  nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
+  p_step = jax.pmap(step_lib.make_train_step(config, nets),
+                    axis_name=parallel.AXIS)
+  batch = input_pipeline.TrainBatches(config).batch(0)
+  batch["target_image"][1, 0, 3, 3, 0] = np.inf  # one device, one pixel
+  new, m = p_step(parallel.replicate(host), parallel.shard(batch))
+  assert float(m["nonfinite"][0]) == 1.0
+  new = parallel.unreplicate(new)
+  assert int(new.step) == 1 and int(new.nonfinite_steps) == 1
+  for a, b in zip(jax.tree_util.tree_leaves(host.task),
+                  jax.tree_util.tree_leaves(new.task)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
+@pytest.mark.parametrize("mode", ["skip", "stop"])
+def test_injected_nan_is_caught_in_both_modes(tiny_config, tmp_path,
+                                              monkeypatch, mode):
+  config = tiny_config
+  config.train.nonfinite = mode
+  monkeypatch.setattr(input_pipeline, "TrainBatches",
+                      poisoned(input_pipeline.TrainBatches, bad_step=2))
+  workdir = str(tmp_path)
+  if mode == "stop":
+    with pytest.raises(train.NonFiniteLossError, match=r"step 2 .*loss_"):
+      train.train_and_evaluate(config, workdir)
+    # The checkpoint of step 2 (before the bad step) is the newest kept.
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+  else:
+    result = train.train_and_evaluate(config, workdir)
+    assert result["step"] == 4
+    state, _ = train.initial_state(config, workdir)
+    assert int(state.nonfinite_steps) == 1
+    assert all(np.all(np.isfinite(x)) for x in
+               jax.tree_util.tree_leaves(state.task.params))
+
+
+def test_truncated_latest_checkpoint_falls_back_to_previous(tiny_config,
+                                                            tmp_path):
+  workdir = str(tmp_path)
+  state = state_lib.create_train_state(
+      tiny_config, models.build_networks(tiny_config), jax.random.PRNGKey(0))
+  manager = checkpointing.make_manager(workdir, 3)
+  checkpointing.write_config(workdir, tiny_config)
+  checkpointing.save(manager, 2, state.replace(step=np.int32(2)))
+  checkpointing.save(manager, 4, state.replace(step=np.int32(4)))
+  # Truncate every data file of step 4, as a kill during a save would.
+  for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "4")):
+    for f in files:
+      if f not in ("_CHECKPOINT_METADATA", "commit_success.txt"):
+        with open(os.path.join(root, f), "r+b") as fh:
+          fh.truncate(max(os.path.getsize(os.path.join(root, f)) // 3, 1))
+  restored, step = checkpointing.restore_latest(
+      checkpointing.make_manager(workdir, 3), jax.eval_shape(lambda: state),
+      workdir, tiny_config)
+  assert step == 2 and int(restored.step) == 2
+
+
+# ---------------------------------------------------------------- processes
+def launch_cmd(workdir, tfds_dir, steps, extra=()):
+  return [sys.executable, "launch.py", "--config=configs/seg.py:tiny",
+          f"--workdir={workdir}", f"--config.data.tfds_data_dir={tfds_dir}",
+          f"--config.train.num_steps={steps}", "--config.train.log_every=1",
+          "--config.train.image_every=0", "--config.train.eval_every=1000",
+          *extra]
+
+
+def env_with_devices(n):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+  return env
+
+
+def final_params(workdir, config):
+  config = config.copy_and_resolve_references()
+  state, manager = train.initial_state(config, workdir)
+  return manager.latest_step(), jax.tree_util.tree_leaves(
+      (state.task.params, state.translator.params, state.d_img.params,
+       state.d_feat.params, state.task.batch_stats))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tfds_dir):
+  """A 6-step run in one process on 4 devices: the reference."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  subprocess.run(launch_cmd(workdir, tfds_dir, 6,
+                            ["--config.train.checkpoint_every=2"]),
+                 cwd=REPO, env=env_with_devices(4), check=True,
+                 capture_output=True, timeout=TIMEOUT)
+  return workdir
+
+
+def run_until_step(cmd, workdir, step, sig, env):
+  """Starts ``cmd``, sends ``sig`` once it has logged step ``step``."""
+  log = open(os.path.join(workdir, "log.txt"), "w")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
+                          stderr=subprocess.STDOUT)
+  deadline = time.time() + TIMEOUT
+  try:
+    while time.time() < deadline and proc.poll() is None:
+      with open(os.path.join(workdir, "log.txt")) as f:
+        if f"] [{step}] train/" in f.read():
+          proc.send_signal(sig)
+          break
+      time.sleep(0.2)
+    proc.wait(timeout=max(deadline - time.time(), 1))
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    log.close()
+  with open(os.path.join(workdir, "log.txt")) as f:
+    return proc.returncode, f.read()
+
+
+def assert_same_params(a, b):
+  step_a, leaves_a = a
+  step_b, leaves_b = b
+  assert step_a == step_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_run_resumes_to_identical_parameters(
+    tiny_config, tmp_path, tfds_dir, uninterrupted, sig):
+  workdir = str(tmp_path)
+  cmd = launch_cmd(workdir, tfds_dir, 6, ["--config.train.checkpoint_every=2"])
+  rc, log = run_until_step(cmd, workdir, 3, sig, env_with_devices(4))
+  if sig == signal.SIGTERM:
+    assert rc == 0, log[-3000:]
+    assert "saved the checkpoint of step" in log
+  else:
+    assert rc == -signal.SIGKILL
+  stopped_at = sorted(int(s) for s in os.listdir(
+      os.path.join(workdir, "checkpoints")))[-1]
+  assert stopped_at < 6
+  subprocess.run(cmd, cwd=REPO, env=env_with_devices(4), check=True,
+                 capture_output=True, timeout=TIMEOUT)
+  assert_same_params(final_params(workdir, tiny_config),
+                     final_params(uninterrupted, tiny_config))
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tiny_config, tmp_path, tfds_dir,
+                                         uninterrupted):
+  workdir = str(tmp_path)
+  port = free_port()
+  procs = [subprocess.Popen(
+      launch_cmd(workdir, tfds_dir, 6, [
+          "--config.train.checkpoint_every=2",
+          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+          f"--process_id={i}"]),
+      cwd=REPO, env=env_with_devices(2), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  step, multi = final_params(workdir, tiny_config)
+  ref_step, ref = final_params(uninterrupted, tiny_config)
+  assert step == ref_step == 6
+  for x, y in zip(multi, ref):
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
