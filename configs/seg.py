@@ -11,6 +11,7 @@ r"""CrDoCo for semantic segmentation.
   ../shared/REFERENCE.md sections 1.2, 3.1, 3.2; the paper's own lambdas could
   not be verified, these are the released code's).
 * ``demo``: the embedded synthetic domain pair, small networks, CPU minutes.
+* ``synthia``: SYNTHIA -> Cityscapes with the 16-class protocol.
 * ``tiny``: a few-second configuration for tests.
 * methods: ``crdoco`` (default), ``source_only``, ``oracle``,
   ``no_consistency``, ``no_feat_adv``, ``frozen_translator``,
@@ -51,8 +52,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       eval_per_device_batch=1,
       hflip=True,
   ))
-  c.source = _domain("gta5", "train", "", (720, 1280))
-  c.target = _domain("cityscapes", "train", "validation", (512, 1024))
+  # Extracted datasets: --config.source.dir=/data/gta5 and
+  # --config.target.dir=/data/cityscapes (prepared into tfds on first use).
+  c.source = _domain("crdoco_gta5", "train", "", (720, 1280))
+  c.target = _domain("crdoco_cityscapes", "train", "validation", (512, 1024),
+                     "classes19")
 
   c.translator = ml_collections.ConfigDict(dict(
       ngf=64, n_blocks=9, share_encoder=False, encoder_blocks=0,
@@ -116,6 +120,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   for v in variants:
     if v == "demo":
       _demo(c)
+    elif v == "synthia":
+      _synthia(c)
     elif v == "tiny":
       _demo(c)
       _tiny(c)
@@ -123,7 +129,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       _method(c, v)
     else:
       raise ValueError(f"Unknown config variant {v!r} in {arg!r}; known: "
-                       f"demo, tiny, {', '.join(METHODS)}.")
+                       f"demo, tiny, synthia, {', '.join(METHODS)}.")
   c.lock()
   return c
 
@@ -154,6 +160,16 @@ def _demo(c):
   c.optim.task_net.update(name="adam", lr=1e-3, schedule="constant")
   c.train.update(num_steps=1000, schedule_steps=1000, log_every=50,
                  eval_every=500, checkpoint_every=500, image_every=500)
+
+
+def _synthia(c):
+  """SYNTHIA-RAND-CITYSCAPES -> Cityscapes, 16-class protocol."""
+  from crdoco_jax.data import labels  # pylint: disable=g-import-not-at-top
+  c.data.num_classes = 16
+  c.data.class_names = labels.CLASS_NAMES[16]
+  c.source = _domain("crdoco_synthia", "train", "", (760, 1280), "classes16")
+  c.target = _domain("crdoco_cityscapes", "train", "validation", (512, 1024),
+                     "classes16")
 
 
 def _tiny(c):

@@ -155,10 +155,10 @@ class TrainBatches:
     self.global_batch = self.local_batch * process_count
     root = data_dir(config)
     needs_target_labels = config.method == "oracle"
-    self.streams = {"source": open_source(config.source,
-                                          config.source.train_split, root),
-                    "target": open_source(config.target,
-                                          config.target.train_split, root)}
+    self.streams = {
+        name: open_source(config[name], config[name].train_split, root,
+                          config.data.num_classes)
+        for name in ("source", "target")}
     self.keep_target_label = needs_target_labels
     self.workers, self.prefetch = workers, prefetch
 
@@ -210,7 +210,8 @@ def eval_batches(config: ml_collections.ConfigDict,
   p = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   domain = config.target
-  source = open_source(domain, domain.eval_split, data_dir(config))
+  source = open_source(domain, domain.eval_split, data_dir(config),
+                       config.data.num_classes)
   indices = list(range(p, len(source), count))
   per_batch = devices * config.data.eval_per_device_batch
   ignore = config.data.ignore_label

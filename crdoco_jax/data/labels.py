@@ -3,12 +3,13 @@
 Every map is a read-only ``uint8 [256]`` lookup table applied by indexing, so
 mapping a whole label image is one gather. Unmapped ids go to ``IGNORE``.
 
-* Cityscapes label ids (also GTA5's label encoding) -> the 19 train ids.
-* SYNTHIA-RAND-CITYSCAPES ids -> the 19 train ids, and the 16- and 13-class
-  protocols used for SYNTHIA -> Cityscapes, which keep a subset of the 19
-  classes renumbered in order. ``train_id_to_protocol`` maps Cityscapes train
-  ids into the same protocols, so both domains of a 16/13-class setting share
-  one class numbering.
+* Cityscapes label ids (also GTA5's label encoding) -> the 19 train ids, and
+  back (``train_id_to_cityscapes_id``, for the evaluation server).
+* SYNTHIA-RAND-CITYSCAPES ids -> the 19 train ids.
+* The 16- and 13-class protocols of SYNTHIA -> Cityscapes keep a subset of
+  the 19 classes, renumbered in order (``PROTOCOL_TRAIN_IDS``); the
+  ``*_TO_PROTOCOL`` tables map either dataset's ids straight into them, so
+  both domains of a 16/13-class setting share one class numbering.
 """
 from typing import Dict, Tuple
 
@@ -23,8 +24,8 @@ NUM_SYNTHIA_IDS = 23  # SYNTHIA-RAND-CITYSCAPES ids 0..22.
 # Train id (list position) -> Cityscapes label id.
 _CITYSCAPES_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27,
                    28, 31, 32, 33)
-# Train id (list position) -> SYNTHIA id (terrain 16, truck 18 and train 20
-# are listed by the SYNTHIA README but never occur in the images).
+# Train id (list position) -> SYNTHIA id. Terrain (16), truck (18) and train
+# (20) do not occur in SYNTHIA, hence the 16-class protocol.
 _SYNTHIA_IDS = (3, 4, 2, 21, 5, 7, 15, 9, 6, 16, 1, 10, 17, 8, 18, 19, 20, 12,
                 11)
 
