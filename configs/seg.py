@@ -174,7 +174,7 @@ def _synthia(c):
 
 def _tiny(c):
   c.source.image_size = c.target.image_size = (32, 32)
-  c.task_net.width = 8
+  c.task_net.update(arch="resnet10", width=8)
   c.data.per_device_batch = 1
   c.translator.update(ngf=4, n_blocks=1)
   c.disc.update(img_ndf=4, feat_ndf=4)
