@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from crdoco_jax.data import folder
+
 CLASS_NAMES: Tuple[str, ...] = ("sky", "road", "sidewalk", "building",
                                 "vegetation", "car", "person", "pole")
 NUM_CLASSES: int = len(CLASS_NAMES)
@@ -361,19 +363,8 @@ class CrdocoDemoSeg(tfds.core.GeneratorBasedBuilder,
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-            # Class ids as a single-channel PNG (lossless).
-            "label": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 1)),
-            "id": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
-        # Keep generation order so record i is example i; loaders shuffle.
-        disable_shuffling=True,
-    )
+    # Record i is example i (generation order kept); loaders shuffle.
+    return folder.segmentation_info(self, __doc__, (IMAGE_SIZE, IMAGE_SIZE))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is generated locally.

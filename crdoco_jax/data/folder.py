@@ -181,16 +181,17 @@ def labelled_example(key: str, image_path: str, label_path: str,
   return {"image": stored, "label": table[label][..., None], "id": key}
 
 
-def segmentation_info(builder, doc: str):
-  """The ``DatasetInfo`` all our builders share: original-size image, label
-  (single-channel PNG of train ids, 255 = ignore) and the file id."""
+def segmentation_info(builder, doc: str, size=(None, None)):
+  """The ``DatasetInfo`` all our builders share: image (original size unless
+  ``size`` fixes it), label (single-channel PNG of train ids, 255 = ignore)
+  and the file id."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.core.DatasetInfo(
       builder=builder,
       description=doc,
       features=tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(None, None, 3)),
-          "label": tfds.features.Image(shape=(None, None, 1)),
+          "image": tfds.features.Image(shape=(*size, 3)),
+          "label": tfds.features.Image(shape=(*size, 1)),
           "id": tfds.features.Text(),
       }),
       supervised_keys=("image", "label"),
