@@ -37,7 +37,9 @@ def build_networks(config: ml_collections.ConfigDict,
                                 t.encoder_blocks, t.remat, dtype),
       task=TaskNetPair(f.arch, out_channels, f.multi_level, f.share_last,
                        f.frozen_bn, bn_axis_name, True, f.remat, dtype,
-                       f.width),
+                       f.width,
+                       # Configs written before the key existed: Caffe style.
+                       stride_on_3x3=f.get("stride_on_3x3", False)),
       d_img=DiscriminatorPair(functools.partial(
           PatchGAN, d.img_ndf, d.img_layers, dtype)),
       d_feat=DiscriminatorPair(functools.partial(

@@ -2,8 +2,10 @@
 
 Backbone as in DeepLab-v2 / AdaptSegNet: 7x7/2 stem, BN, ReLU, 3x3/2 max pool
 (ceil mode); four ResNet layers with (stride, dilation) (1,1), (2,1), (1,2),
-(1,4); Caffe-style bottlenecks put the stride on the first 1x1 conv; every
-conv is bias-free and followed by BatchNorm. Head: ASPP, four 3x3 convs with
+(1,4); Caffe-style bottlenecks put the stride on the first 1x1 conv
+(``stride_on_3x3=True``: on the 3x3 conv, as torchvision's ResNets, so that
+their ImageNet weights compute what they were trained to); every conv is
+bias-free and followed by BatchNorm. Head: ASPP, four 3x3 convs with
 dilation 6/12/18/24 (with bias, N(0, 0.01)), summed. ``multi_level`` adds an
 auxiliary ASPP head on layer3, as AdaptSegNet and the released CrDoCo code do
 (ResNet-101 + both heads, 19 classes: 44,601,560 parameters).
@@ -38,6 +40,7 @@ class BasicBlock(nn.Module):
   dilation: int = 1
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
+  stride_on_3x3: bool = False  # no effect: the first 3x3 conv strides anyway
   expansion = 1
 
   @nn.compact
@@ -58,6 +61,7 @@ class Bottleneck(nn.Module):
   dilation: int = 1
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
+  stride_on_3x3: bool = False
   expansion = 4
 
   @nn.compact
@@ -66,9 +70,11 @@ class Bottleneck(nn.Module):
     conv = functools.partial(layers.conv, use_bias=False,
                              kernel_init=layers.he_fan_out, dtype=self.dtype)
     norm = lambda y: self.norm()(y, use_running_average=frozen)
-    # Caffe-style: the stride sits on the first 1x1 conv.
-    y = nn.relu(norm(conv(self.planes, 1, self.stride)(x)))
-    y = nn.relu(norm(conv(self.planes, 3, 1, d, d)(y)))
+    # Caffe-style: the stride sits on the first 1x1 conv; torchvision's on
+    # the 3x3 conv.
+    s1, s3 = (1, self.stride) if self.stride_on_3x3 else (self.stride, 1)
+    y = nn.relu(norm(conv(self.planes, 1, s1)(x)))
+    y = nn.relu(norm(conv(self.planes, 3, s3, d, d)(y)))
     y = norm(conv(self.planes * 4, 1)(y))
     return nn.relu(y + _shortcut(x, self.planes * 4, self.stride, self.norm,
                                  frozen, self.dtype))
@@ -116,6 +122,7 @@ class ResLayer(nn.Module):
   norm: Any
   remat: bool = False
   dtype: Any = jnp.float32
+  stride_on_3x3: bool = False
 
   @nn.compact
   def __call__(self, x, frozen: bool):
@@ -124,7 +131,7 @@ class ResLayer(nn.Module):
              else self.block)
     for i in range(self.n):
       x = block(self.planes, self.stride if i == 0 else 1, self.dilation,
-                self.norm, self.dtype)(x, frozen)
+                self.norm, self.dtype, self.stride_on_3x3)(x, frozen)
     return x
 
 
@@ -169,6 +176,7 @@ class TaskNetPair(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   width: int = 64  # channels of the stem; layer widths scale with it
+  stride_on_3x3: bool = False  # torchvision bottlenecks (see module doc)
 
   def setup(self):
     if self.arch not in ARCHS:
@@ -194,7 +202,8 @@ class TaskNetPair(nn.Module):
     i = int(unit[-1]) - 1
     planes, stride, dilation = LAYER_SPECS[i]
     return ResLayer(block, planes * self.width // 64, counts[i], stride,
-                    dilation, self._norm, self.remat, self.dtype)
+                    dilation, self._norm, self.remat, self.dtype,
+                    self.stride_on_3x3)
 
   def _unit(self, unit: str, domain: str) -> nn.Module:
     shared = UNITS.index(unit) >= len(UNITS) - self.share_last
