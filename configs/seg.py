@@ -68,6 +68,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       arch="resnet101", multi_level=True, share_last=0, frozen_bn=False,
       remat=False,
       width=64,                # stem channels; 64 = the standard ResNets
+      # Bottleneck stride on the 3x3 conv (torchvision) instead of the first
+      # 1x1 (Caffe / DeepLab-v2); set it for torchvision ImageNet weights.
+      stride_on_3x3=False,
   ))
   c.disc = ml_collections.ConfigDict(dict(img_ndf=64, img_layers=3,
                                           feat_ndf=64))
@@ -115,6 +118,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # XLA:CPU compiles the partitionable threefry 5-10x slower; pmap does
       # not need it. Changes the random stream, not its distribution.
       threefry_partitionable=False,
+  ))
+  # Networks initialised from converted PyTorch weights when a run starts
+  # (python -m crdoco_jax.convert; README "Pretrained weights"); '' keeps
+  # the random init. CycleGAN trained with A = source, B = target:
+  # G_A -> translator_s2t, G_B -> translator_t2s, D_A (it judges B images)
+  # -> d_img_t, D_B -> d_img_s.
+  c.init = ml_collections.ConfigDict(dict(
+      task_net="",             # a deeplab_v2 / torchvision_resnet file
+      task_net_domains="ST",   # which of F_S, F_T it initialises
+      translator_s2t="", translator_t2s="",  # cyclegan_generator files
+      d_img_s="", d_img_t="",  # cyclegan_discriminator files
   ))
 
   for v in variants:
