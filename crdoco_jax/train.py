@@ -18,6 +18,7 @@ from clu import metric_writers, metrics, periodic_actions
 from jax.experimental import multihost_utils
 
 from crdoco_jax import checkpointing, evaluate, parallel, visualize
+from crdoco_jax import pretrained
 from crdoco_jax import state as state_lib
 from crdoco_jax import train_step as step_lib
 from crdoco_jax.data import input_pipeline
@@ -43,8 +44,8 @@ def initial_state(config: ml_collections.ConfigDict, workdir: str
   # Shapes only: initialising (and compiling the inits) is skipped on resume.
   restored, step = checkpointing.restore_latest(manager, jax.eval_shape(create),
                                                 workdir, config)
-  if restored is None:
-    return create(), manager
+  if restored is None:  # a new run: config.init's pretrained weights
+    return pretrained.initialize(config, create()), manager
   logging.info("Resuming from the checkpoint of step %d in %s.", step, workdir)
   return restored, manager
 
