@@ -62,6 +62,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       ngf=64, n_blocks=9, share_encoder=False, encoder_blocks=0,
       frozen=False,            # True: as the released code (pretrained, fixed)
       pretrain_steps=0,        # CycleGAN-only steps before adaptation
+      task_gradients=True,     # task-side losses also train the translators
       remat=False,
   ))
   c.task_net = ml_collections.ConfigDict(dict(
@@ -87,7 +88,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # AdaptSegNet lambda_seg 0.1, lambda_adv_target1 / 2 = 0.0002 / 0.001.
       aux=ml_collections.ConfigDict(dict(task=0.1, consistency=1.0,
                                          feat_adv=0.2)),
-      consistency_warmup_steps=0,  # linear ramp of the consistency weight
+      # Adaptation steps with the task loss only, then a linear ramp of the
+      # consistency and output-space adversarial weights (train_step.py).
+      adapt_start=0,
+      adapt_ramp=0,
   ))
   c.optim = ml_collections.ConfigDict(dict(
       # CycleGAN: Adam 2e-4, betas (0.5, 0.999), constant then linear decay.

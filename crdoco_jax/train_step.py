@@ -2,16 +2,23 @@
 
 One adaptation step minimises, over translators G and task nets F,
 
-  L_G,F = w_task * [CE(F_S(I_S), Y_S) + CE(F_T(I_{S->T}), Y_S)]
-        + w_consistency * KL<->(F_T(I_T), F_S(I_{T->S}))
+  L_G,F = w_task * [L_task(F_S(I_S), Y_S) + L_task(F_T(I_{S->T}), Y_S)]
+        + w_consistency * L_con(F_T(I_T), F_S(I_{T->S}))
         + w_feat_adv * [L_adv(D^feat_T(F_T(I_{S->T}))) + L_adv(D^feat_S(F_S(I_{T->S})))]
         + w_img_adv * [L_adv(D^img_T(I_{S->T})) + L_adv(D^img_S(I_{T->S}))]
         + w_rec * [|G_{T->S}(I_{S->T}) - I_S| + |G_{S->T}(I_{T->S}) - I_T|]
 
 then updates the discriminators on the same (detached) translations and
-predictions. Batches are dicts of ``[B, H, W, ...]`` arrays per device:
+predictions. L_task, L_con and what D^feat sees depend on ``config.task``
+(``tasks.py``): CE, bidirectional KL and softmax for segmentation; masked
+L1/berHu/EPE, L1 and the normalised output for depth and flow.
+
+Batches are dicts of ``[B, H, W, ...]`` arrays per device:
 ``source_image``, ``source_label``, ``target_image`` (and ``target_label``
-for the oracle). Images are in [-1, 1], labels are int32 class ids.
+for the oracle); regression tasks add ``*_valid`` masks. Images are in
+[-1, 1] (flow: both frames on the channel axis, ``[B, H, W, 6]``, each
+translated by the same translator); labels are int32 class ids, or float
+depth (metres) / flow (pixels).
 """
 import functools
 from typing import Any, Callable, Dict, Tuple
@@ -20,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from crdoco_jax import evaluate, losses
+from crdoco_jax import losses, tasks
 from crdoco_jax.models import Networks
 from crdoco_jax.parallel import AXIS
 from crdoco_jax.state import CrDoCoState, head_names, uses_translator
@@ -54,18 +61,24 @@ def _per_head(fn: Callable, heads, aux_weight: float, *outputs) -> jax.Array:
              for h in heads)
 
 
-def _softmax(outputs):
-  return {h: jax.nn.softmax(v, axis=-1) for h, v in outputs.items()}
-
-
 def loss_weights(config: ml_collections.ConfigDict, step) -> Dict[str, Any]:
-  """Weight of every generator-side term at ``step`` (consistency ramp)."""
+  """Weight of every generator-side term at global ``step``.
+
+  The unsupervised terms on the task nets (consistency, output-space
+  adversarial) are off for the first ``loss.adapt_start`` adaptation steps
+  and then ramp up linearly over ``loss.adapt_ramp`` steps: from scratch,
+  both task nets can agree perfectly by predicting one class everywhere on
+  target-style images, so they first learn the source task
+  (../shared/FINDINGS.md; the paper starts from pretrained task nets).
+  """
   w = config.loss
-  ramp = 1.0
-  if w.consistency_warmup_steps > 0:
-    ramp = jnp.clip(step / w.consistency_warmup_steps, 0.0, 1.0)
+  t = step - config.translator.pretrain_steps - w.adapt_start
+  if w.adapt_ramp > 0:
+    ramp = jnp.clip((t + 1) / w.adapt_ramp, 0.0, 1.0)
+  else:
+    ramp = (t >= 0).astype(jnp.float32)
   return dict(task=w.task, consistency=w.consistency * ramp,
-              feat_adv=w.feat_adv, img_adv=w.img_adv, rec=w.rec,
+              feat_adv=w.feat_adv * ramp, img_adv=w.img_adv, rec=w.rec,
               identity=w.identity)
 
 
@@ -86,7 +99,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     raise ValueError(f"method {config.method!r} has no translator to train.")
   w = config.loss
   heads = head_names(config)
-  ignore, method = config.data.ignore_label, config.method
+  method = config.method
   adapt = phase == "adapt"
   train_translator = uses_translator(config) and (
       not adapt or not config.translator.frozen)
@@ -94,36 +107,43 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                               gan_loss=w.img_gan, target=1.0)
   feat_adv = functools.partial(losses.generator_adversarial_loss,
                                gan_loss=w.feat_gan)
-  ce = lambda logits, labels: losses.softmax_cross_entropy(
-      logits, labels, ignore)[0]
-  kl = lambda a, b: losses.bidirectional_kl(a, b)[0]
+  task = tasks.get_task(config)
+  # What the output-space discriminators see (softmax for segmentation).
+  d_view = lambda outputs: {h: task.disc_input(v) for h, v in outputs.items()}
+  # Translators and image discriminators see each frame as an RGB image.
+  frames = lambda x: tasks.to_frames(x, task.frames)
 
   def generator_terms(params, state: CrDoCoState, batch: Batch):
     """Generator-side loss terms and what the discriminator update reuses."""
-    x_s, y_s, x_t = (batch["source_image"], batch["source_label"],
+    x_s, y_s, x_t = (batch["source_image"], task.labels(batch, "source"),
                      batch["target_image"])
     terms, cache = {}, {}
     F = _TaskNets(nets, params.get("task"), state.task.batch_stats)
     if method == "source_only":
-      terms["task"] = _per_head(ce, heads, w.aux.task, F(x_s, "T"),
-                                {h: y_s for h in heads})
+      terms["task"] = _per_head(task.supervised, heads, w.aux.task,
+                                F(x_s, "T"), {h: y_s for h in heads})
       return terms, cache, F.batch_stats
     if method == "oracle":
-      y_t = batch["target_label"]
-      terms["task"] = _per_head(ce, heads, w.aux.task, F(x_t, "T"),
-                                {h: y_t for h in heads})
+      y_t = task.labels(batch, "target")
+      terms["task"] = _per_head(task.supervised, heads, w.aux.task,
+                                F(x_t, "T"), {h: y_t for h in heads})
       return terms, cache, F.batch_stats
 
     g_params = params.get("translator", state.translator.params)
-    G = lambda x, direction: nets.translator.apply({"params": g_params}, x,
-                                                   direction)
+    G = lambda x, direction: tasks.from_frames(nets.translator.apply(
+        {"params": g_params}, frames(x), direction), task.frames)
     x_st, x_ts = G(x_s, "S2T"), G(x_t, "T2S")
     cache.update(x_st=jax.lax.stop_gradient(x_st),
                  x_ts=jax.lax.stop_gradient(x_ts))
+    # What the task nets see; without task gradients the translators learn
+    # from the image-level terms only (as pretrained, frozen CycleGANs do).
+    f_st, f_ts = (x_st, x_ts) if config.translator.task_gradients else (
+        cache["x_st"], cache["x_ts"])
     if train_translator:
       D_img = lambda x, domain: nets.d_img.apply(
           {"params": state.d_img.params}, x, domain)
-      terms["img_adv"] = img_adv(D_img(x_st, "T")) + img_adv(D_img(x_ts, "S"))
+      terms["img_adv"] = (img_adv(D_img(frames(x_st), "T"))
+                          + img_adv(D_img(frames(x_ts), "S")))
       terms["rec"] = (losses.cycle_loss(x_s, G(x_st, "T2S"))
                       + losses.cycle_loss(x_t, G(x_ts, "S2T")))
       if w.identity > 0:
@@ -132,16 +152,17 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     if not adapt:
       return terms, cache, F.batch_stats
 
-    out_s, out_ts = F(x_s, "S"), F(x_ts, "S")
-    out_st, out_t = F(x_st, "T"), F(x_t, "T")
+    out_s, out_ts = F(x_s, "S"), F(f_ts, "S")
+    out_st, out_t = F(f_st, "T"), F(x_t, "T")
     labels = {h: y_s for h in heads}
-    terms["task"] = (_per_head(ce, heads, w.aux.task, out_s, labels)
-                     + _per_head(ce, heads, w.aux.task, out_st, labels))
+    terms["task"] = (
+        _per_head(task.supervised, heads, w.aux.task, out_s, labels)
+        + _per_head(task.supervised, heads, w.aux.task, out_st, labels))
     if w.consistency > 0:
-      terms["consistency"] = _per_head(kl, heads, w.aux.consistency, out_t,
-                                       out_ts)
+      terms["consistency"] = _per_head(task.consistency, heads,
+                                       w.aux.consistency, out_t, out_ts)
     if w.feat_adv > 0:
-      p_st, p_ts = _softmax(out_st), _softmax(out_ts)
+      p_st, p_ts = d_view(out_st), d_view(out_ts)
       D_feat = lambda h, x, domain: nets.d_feat.apply(
           {"params": state.d_feat.params[h]}, x, domain)
       terms["feat_adv"] = sum(
@@ -150,7 +171,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
              + feat_adv(D_feat(h, p_ts[h], "S"), target=SOURCE))
           for h in heads)
       cache["probs"] = jax.lax.stop_gradient(dict(
-          s=_softmax(out_s), ts=p_ts, st=p_st, t=_softmax(out_t)))
+          s=d_view(out_s), ts=p_ts, st=p_st, t=d_view(out_t)))
     return terms, cache, F.batch_stats
 
   def generator_objective(params, state, batch):
@@ -166,8 +187,10 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       D = lambda x, domain: nets.d_img.apply({"params": d_params["d_img"]}, x,
                                              domain)
       disc = functools.partial(losses.discriminator_loss, gan_loss=w.img_gan)
-      terms["d_img"] = (disc(D(batch["target_image"], "T"), D(cache["x_st"], "T"))
-                        + disc(D(batch["source_image"], "S"), D(cache["x_ts"], "S")))
+      real_t = frames(batch["target_image"])
+      real_s = frames(batch["source_image"])
+      terms["d_img"] = (disc(D(real_t, "T"), D(frames(cache["x_st"]), "T"))
+                        + disc(D(real_s, "S"), D(frames(cache["x_ts"]), "S")))
     if "probs" in cache:
       p = cache["probs"]
       disc = functools.partial(losses.discriminator_loss, gan_loss=w.feat_gan)
@@ -233,36 +256,41 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
 def make_eval_step(config: ml_collections.ConfigDict, nets: Networks
                    ) -> Callable:
-  """``eval_step(state, batch) -> confusion matrix [C, C]`` of F_T's main
-  head on ``batch['image']`` vs ``batch['label']``, summed over ``AXIS``."""
-  def eval_step(state: CrDoCoState, batch: Batch) -> jax.Array:
+  """``eval_step(state, batch) -> sums`` of F_T's main head on
+  ``batch['image']`` vs ``batch['label']`` (and ``batch['valid']``), summed
+  over ``AXIS``: the confusion matrix ``[C, C]`` for segmentation, a dict of
+  metric sums for depth and flow (``evaluate.py``)."""
+  task = tasks.get_task(config)
+
+  def eval_step(state: CrDoCoState, batch: Batch):
     out = nets.task.apply({"params": state.task.params,
                            "batch_stats": state.task.batch_stats},
                           batch["image"], "T", train=False)["main"]
-    cm = evaluate.confusion_matrix(jnp.argmax(out, -1), batch["label"],
-                                   config.data.num_classes,
-                                   config.data.ignore_label)
-    return jax.lax.psum(cm, AXIS)
+    return jax.lax.psum(task.eval_sums(out, batch), AXIS)
   return eval_step
 
 
 def make_visualize_step(config: ml_collections.ConfigDict, nets: Networks
                         ) -> Callable:
-  """``(state, batch) -> dict`` of translations and argmax predictions for
-  image summaries: I_S, I_{S->T}, I_T, I_{T->S}, F_S(I_S), F_T(I_T)."""
+  """``(state, batch) -> dict`` of translations and predictions (class ids,
+  metres or pixels) for image summaries: I_S, I_{S->T}, I_T, I_{T->S},
+  F_S(I_S), F_T(I_T), labels (and ``*_valid`` masks for regression)."""
+  task = tasks.get_task(config)
+
   def visualize_step(state: CrDoCoState, batch: Batch) -> Batch:
     task_vars = {"params": state.task.params,
                  "batch_stats": state.task.batch_stats}
-    predict = lambda x, domain: jnp.argmax(nets.task.apply(
-        task_vars, x, domain, train=False)["main"], -1)
+    predict = lambda x, domain: task.predict(nets.task.apply(
+        task_vars, x, domain, train=False)["main"])
     x_s, x_t = batch["source_image"], batch["target_image"]
-    out = dict(source=x_s, target=x_t, source_label=batch["source_label"],
-               pred_source=predict(x_s, "S"), pred_target=predict(x_t, "T"))
-    if "target_label" in batch:
-      out["target_label"] = batch["target_label"]
+    out = dict(source=x_s, target=x_t, pred_source=predict(x_s, "S"),
+               pred_target=predict(x_t, "T"))
+    out.update({k: v for k, v in batch.items()
+                if k.endswith("_label") or k.endswith("_valid")})
     if state.translator is not None:
-      G = lambda x, d: nets.translator.apply(
-          {"params": state.translator.params}, x, d)
+      G = lambda x, d: tasks.from_frames(nets.translator.apply(
+          {"params": state.translator.params},
+          tasks.to_frames(x, task.frames), d), task.frames)
       out.update(source_to_target=G(x_s, "S2T"), target_to_source=G(x_t, "T2S"))
     return out
   return visualize_step
