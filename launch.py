@@ -4,6 +4,12 @@ r"""Entry point: ``python launch.py --config=configs/seg.py --workdir=DIR``.
   python launch.py --config=configs/seg.py:demo --config.train.num_steps=100 \
       --workdir=/tmp/crdoco_demo
   python launch.py --config=configs/seg.py --workdir=DIR --mode=eval
+  python launch.py --config=configs/seg.py --workdir=DIR --mode=predict \
+      --input=IMAGES_DIR_OR_GLOB --output=OUT [--cityscapes_ids]
+  python launch.py --config=configs/seg.py --workdir=DIR --mode=translate \
+      --input=IMAGES_DIR_OR_GLOB --output=OUT --direction=S2T
+  python launch.py --config=configs/seg.py --workdir=DIR --mode=export \
+      --output=F_T_DIR
 
 Multi-process (one process per host): on TPU pods and SLURM pass
 ``--distributed`` and JAX finds its peers; elsewhere give
@@ -17,8 +23,19 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/seg.py:demo.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                          "train (evaluating periodically) or eval.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "predict", "translate", "export"],
+    "train (evaluating periodically), eval, or with the newest checkpoint: "
+    "predict (F_T labels), translate, export (F_T alone).")
+_INPUT = flags.DEFINE_string("input", None, "predict / translate: a folder "
+                             "(searched recursively) or glob of images.")
+_OUTPUT = flags.DEFINE_string("output", None, "predict / translate / export: "
+                              "output folder.")
+_CITYSCAPES_IDS = flags.DEFINE_bool(
+    "cityscapes_ids", False, "predict: write Cityscapes label ids (for the "
+    "official evaluation server) instead of train ids.")
+_DIRECTION = flags.DEFINE_enum("direction", "S2T", ["S2T", "T2S"],
+                               "translate: G_S->T or G_T->S.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() with cluster "
     "auto-detection (TPU pods, SLURM, ...).")
@@ -37,6 +54,26 @@ class _QuietCheckpointer(std_logging.Filter):
   def filter(self, record):
     return (record.levelno >= std_logging.WARNING
             or "/orbax/" not in record.pathname)
+
+
+def _infer(config, workdir):
+  """--mode=predict / translate / export (crdoco_jax/predict.py, export.py)."""
+  # pylint: disable-next=g-import-not-at-top
+  from crdoco_jax import export, predict
+  if _OUTPUT.value is None or (_MODE.value != "export"
+                               and _INPUT.value is None):
+    raise app.UsageError(f"--mode={_MODE.value} needs --output"
+                         + ("" if _MODE.value == "export" else " and --input"))
+  if _MODE.value == "predict":
+    files = predict.predict(config, workdir, _INPUT.value, _OUTPUT.value,
+                            _CITYSCAPES_IDS.value)
+    print(f"Wrote {len(files)} label maps and overlays to {_OUTPUT.value}.")
+  elif _MODE.value == "translate":
+    files = predict.translate(config, workdir, _INPUT.value, _OUTPUT.value,
+                              _DIRECTION.value)
+    print(f"Wrote {len(files)} translations to {_OUTPUT.value}.")
+  else:
+    print(f"Exported F_T to {export.export(config, workdir, _OUTPUT.value)}.")
 
 
 def main(argv):
@@ -60,6 +97,9 @@ def main(argv):
                jax.device_count())
 
   from crdoco_jax import train  # pylint: disable=g-import-not-at-top
+  if _MODE.value in ("predict", "translate", "export"):
+    _infer(_CONFIG.value, _WORKDIR.value)
+    return
   if _MODE.value == "train":
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if result.get("preempted"):
