@@ -104,8 +104,10 @@ def to_cityscapes_ids(pred: np.ndarray, num_classes: int) -> np.ndarray:
     raise ValueError(
         f"--cityscapes_ids needs a Cityscapes class protocol (19, 16 or 13 "
         f"classes); this config has data.num_classes={num_classes}.")
-  train_ids = np.asarray(labels_lib.PROTOCOL_TRAIN_IDS[num_classes], np.uint8)
-  return labels_lib.train_id_to_cityscapes_id(train_ids[pred])
+  ids = labels_lib.PROTOCOL_TRAIN_IDS[num_classes]
+  to_train = np.full(256, labels_lib.IGNORE, np.uint8)  # others: unlabeled
+  to_train[:len(ids)] = ids
+  return labels_lib.train_id_to_cityscapes_id(to_train[np.asarray(pred)])
 
 
 def overlay(image: np.ndarray, colors: np.ndarray,
