@@ -212,42 +212,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   history, result, preempted = {}, None, False
   watcher = PreemptionWatcher()
   t0 = time.time()
-  for step in range(start, tc.num_steps):
-    phase = ("translator" if step < config.translator.pretrain_steps
-             else "adapt")
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      batch = next(batches)
-      state, history[step] = p_train[phase](state, batch)
-    for hook in hooks:
-      hook(step + 1)
-    preempted = watcher.requested()
-    is_last = step + 1 == tc.num_steps or preempted
-    checkpoint_now = (step + 1) % tc.checkpoint_every == 0 or is_last
-    if (step + 1) % tc.log_every == 0 or checkpoint_now:
-      # One host transfer per window; a bad step is reported before any
-      # checkpoint after it is written.
-      history = jax.device_get(history)
-      check_finite(history, config, manager)
-      writer.write_scalars(step + 1, mean_metrics(history))
-      history = {}
-    if preempted:
-      checkpointing.save(manager, step + 1, parallel.unreplicate(state))
-      logging.warning("Received signal %s: saved the checkpoint of step %d "
-                      "and stopped; rerun the same command to resume.",
-                      watcher.signal, step + 1)
-      break
-    if tc.image_every and ((step + 1) % tc.image_every == 0 or is_last):
-      grid = summary_image(jax.device_get(p_visualize(state, batch)), config)
-      writer.write_images(step + 1, {"translations_predictions": grid[None]})
-      if is_chief:
-        visualize.save_png(os.path.join(workdir, "images",
-                                        f"step_{step + 1:07d}.png"), grid)
-    if (step + 1) % tc.eval_every == 0 or is_last:
-      result = evaluate_target(p_eval, state, config)
-      write_eval(writer, step + 1, result, config)
-    if checkpoint_now:
-      checkpointing.save(manager, step + 1, parallel.unreplicate(state))
-  watcher.restore()
+  # Default signal handlers again however the loop ends (a NaN stop,
+  # an error, or the last step).
+  try:
+    for step in range(start, tc.num_steps):
+      phase = ("translator" if step < config.translator.pretrain_steps
+               else "adapt")
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = next(batches)
+        state, history[step] = p_train[phase](state, batch)
+      for hook in hooks:
+        hook(step + 1)
+      preempted = watcher.requested()
+      is_last = step + 1 == tc.num_steps or preempted
+      checkpoint_now = (step + 1) % tc.checkpoint_every == 0 or is_last
+      if (step + 1) % tc.log_every == 0 or checkpoint_now:
+        # One host transfer per window; a bad step is reported before any
+        # checkpoint after it is written.
+        history = jax.device_get(history)
+        check_finite(history, config, manager)
+        writer.write_scalars(step + 1, mean_metrics(history))
+        history = {}
+      if preempted:
+        checkpointing.save(manager, step + 1, parallel.unreplicate(state))
+        logging.warning("Received signal %s: saved the checkpoint of step "
+                        "%d and stopped; rerun the same command to resume.",
+                        watcher.signal, step + 1)
+        break
+      if tc.image_every and ((step + 1) % tc.image_every == 0 or is_last):
+        grid = summary_image(jax.device_get(p_visualize(state, batch)),
+                             config)
+        writer.write_images(step + 1,
+                            {"translations_predictions": grid[None]})
+        if is_chief:
+          visualize.save_png(os.path.join(workdir, "images",
+                                          f"step_{step + 1:07d}.png"), grid)
+      if (step + 1) % tc.eval_every == 0 or is_last:
+        result = evaluate_target(p_eval, state, config)
+        write_eval(writer, step + 1, result, config)
+      if checkpoint_now:
+        checkpointing.save(manager, step + 1, parallel.unreplicate(state))
+  finally:
+    watcher.restore()
   writer.flush()
   if preempted:
     return dict(method=config.method, step=int(step + 1), preempted=True)
