@@ -110,8 +110,11 @@ def load_task_net(config: ml_collections.ConfigDict, params: Variables,
                   ) -> Tuple[Variables, Variables]:
   """``TaskNetPair`` ``(params, batch_stats)`` with F_S and / or F_T
   (``config.init.task_net_domains``) taken from the file at ``path``."""
-  variables, info = load(path)
   f = config.task_net
+  if f.arch not in deeplab.ARCHS:
+    raise ValueError(f"config.init.task_net: converted ResNets load into "
+                     f"DeepLab task nets only, not task_net.arch={f.arch!r}.")
+  variables, info = load(path)
   expected = {"task_net.arch": ("arch", f.arch),
               "task_net.width": ("width", f.width)}
   if deeplab.ARCHS[f.arch][0] is deeplab.Bottleneck:
