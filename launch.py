@@ -105,11 +105,10 @@ def main(argv):
     if result.get("preempted"):
       print(f"Preempted: checkpoint saved at step {result['step']}.")
     else:
-      print(f"Final target mIoU ({_CONFIG.value.method}): "
-            f"{result['target_miou']:.2f}")
+      print(train.format_result(result))
   else:
     result = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
-    print(f"Target mIoU: {100 * result['miou']:.2f}")
+    print(train.format_eval(_CONFIG.value, result))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Semantic-segmentation metrics: confusion matrix, per-class IoU, mIoU.
+"""Evaluation metrics: segmentation (confusion matrix, per-class IoU, mIoU),
+depth (Eigen et al.'s abs rel, sq rel, RMSE, RMSE log, delta thresholds) and
+optical flow (end-point error, KITTI's Fl outlier percentage).
 
 :func:`confusion_matrix` is a pure JAX function meant to run on device inside
 ``jit``/``pmap`` (sum it across devices with ``lax.psum``); everything else
@@ -6,11 +8,15 @@ works on the small ``[C, C]`` matrix on the host in NumPy. Accumulate the
 per-batch matrices on the host in int64 (``np.asarray(cm, np.int64)``): a
 full Cityscapes val pass has ~1e9 pixels, close to the int32 limit.
 
+Depth and flow follow the same split: ``*_metric_sums`` run on device and
+return per-batch sums (``lax.psum`` them); the host adds the batches up in
+float64 and ``*_metrics`` turns the totals into the reported numbers.
+
 IoU follows the Cityscapes / AdaptSegNet definition: ``TP / (TP + FP + FN)``
 per class over the whole evaluation set, NaN for a class that appears neither
 in the ground truth nor in the predictions, and mIoU is the NaN-mean.
 """
-from typing import Sequence
+from typing import Dict, Sequence
 import warnings
 
 import jax
@@ -118,3 +124,97 @@ def format_iou_table(ious: np.ndarray, class_names: Sequence[str]) -> str:
     lines.append(f"| {name:<{width}} | {fmt(v):>7} |")
   lines.append(f"| {'mIoU':<{width}} | {fmt(miou):>7} |")
   return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- depth
+DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2",
+                 "delta3")
+# Lower is better for the errors, higher for the delta accuracies.
+DEPTH_HIGHER_IS_BETTER = ("delta1", "delta2", "delta3")
+
+
+def depth_metric_sums(pred: Array, gt: Array, valid: Array,
+                      min_depth: float, max_depth: float
+                      ) -> Dict[str, Array]:
+  """Eigen et al. (2014) depth metrics of each image, summed over the batch.
+
+  As in the usual evaluation code (Monodepth, T2Net's ``evaluation.py``):
+  pixels count where ``valid`` and ``min_depth < gt < max_depth``;
+  predictions are clipped to ``[min_depth, max_depth]``; every metric is
+  computed per image and the images are averaged (images without a valid
+  pixel, e.g. eval padding, count for nothing).
+
+  Args:
+    pred, gt: ``[N, H, W]`` depths in metres. valid: ``[N, H, W]`` bool.
+    min_depth, max_depth: the caps (e.g. 1e-3 and 10 m for NYUv2, 80 m for
+      KITTI).
+  Returns:
+    ``{name: scalar sum over images}`` for :data:`DEPTH_METRICS` and
+    ``'images'`` (the number of images with a valid pixel).
+  """
+  gt = gt.astype(jnp.float32)
+  valid = valid & jnp.isfinite(gt) & (gt > min_depth) & (gt < max_depth)
+  gt = jnp.where(valid, gt, 1.0)  # keeps the masked-out divisions finite
+  pred = jnp.clip(jnp.nan_to_num(pred.astype(jnp.float32), nan=max_depth),
+                  min_depth, max_depth)
+  n = jnp.sum(valid, axis=(1, 2)).astype(jnp.float32)
+  mean = lambda x: (jnp.sum(jnp.where(valid, x, 0.0), axis=(1, 2))
+                    / jnp.maximum(n, 1.0))
+  err = pred - gt
+  ratio = jnp.maximum(pred / gt, gt / pred)
+  per_image = dict(
+      abs_rel=mean(jnp.abs(err) / gt),
+      sq_rel=mean(err ** 2 / gt),
+      rmse=jnp.sqrt(mean(err ** 2)),
+      rmse_log=jnp.sqrt(mean((jnp.log(pred) - jnp.log(gt)) ** 2)),
+      delta1=mean((ratio < 1.25).astype(jnp.float32)),
+      delta2=mean((ratio < 1.25 ** 2).astype(jnp.float32)),
+      delta3=mean((ratio < 1.25 ** 3).astype(jnp.float32)))
+  has = n > 0
+  sums = {k: jnp.sum(jnp.where(has, v, 0.0)) for k, v in per_image.items()}
+  sums["images"] = jnp.sum(has).astype(jnp.int32)
+  return sums
+
+
+def depth_metrics(sums: Dict[str, np.ndarray]) -> Dict[str, float]:
+  """Mean of each depth metric over images from accumulated sums (NaN if
+  no image had a valid pixel); the deltas as fractions in ``[0, 1]``."""
+  n = float(sums["images"])
+  return {k: float(sums[k]) / n if n > 0 else float("nan")
+          for k in DEPTH_METRICS}
+
+
+# ---------------------------------------------------------------------- flow
+FLOW_METRICS = ("epe", "fl")
+# KITTI 2015's outlier: EPE > 3 px and > 5 % of the true flow's length.
+FL_ABS_PX, FL_REL = 3.0, 0.05
+
+
+def flow_metric_sums(pred: Array, gt: Array, valid: Array
+                     ) -> Dict[str, Array]:
+  """End-point error and KITTI Fl outliers of one batch, summed over pixels.
+
+  Args:
+    pred, gt: ``[N, H, W, 2]`` flow in pixels. valid: ``[N, H, W]`` bool.
+  Returns:
+    ``{'epe': sum of EPE, 'outliers': count, 'pixels': valid count}``;
+    pixels with a non-finite ground truth do not count.
+  """
+  valid = valid & jnp.all(jnp.isfinite(gt), axis=-1)
+  gt = jnp.where(valid[..., None], gt, 0.0).astype(jnp.float32)
+  epe = jnp.sqrt(jnp.sum((pred.astype(jnp.float32) - gt) ** 2, axis=-1))
+  magnitude = jnp.sqrt(jnp.sum(gt ** 2, axis=-1))
+  outlier = (epe > FL_ABS_PX) & (epe > FL_REL * magnitude)
+  return dict(epe=jnp.sum(jnp.where(valid, epe, 0.0)),
+              outliers=jnp.sum(outlier & valid).astype(jnp.int32),
+              pixels=jnp.sum(valid).astype(jnp.int32))
+
+
+def flow_metrics(sums: Dict[str, np.ndarray]) -> Dict[str, float]:
+  """``{'epe': mean EPE in px over all valid pixels, 'fl': outlier %}``
+  (KITTI's Fl-all counts over all valid pixels of the split too)."""
+  n = float(sums["pixels"])
+  if n == 0:
+    return dict(epe=float("nan"), fl=float("nan"))
+  return dict(epe=float(sums["epe"]) / n,
+              fl=100.0 * float(sums["outliers"]) / n)

@@ -112,6 +112,33 @@ def berhu_loss(pred: Array, target: Array, mask: Optional[Array] = None,
   return masked_mean(per_pixel, valid), per_pixel
 
 
+def endpoint_error_loss(pred: Array, target: Array,
+                        mask: Optional[Array] = None,
+                        eps: float = 1e-6) -> Tuple[Array, Array]:
+  """Mean end-point error ``||pred - target||_2`` over the last axis, the
+  FlowNet / PWC-Net training loss for optical flow.
+
+  Args:
+    pred, target: ``[N, H, W, 2]`` flows. mask: optional validity mask
+      broadcastable to ``[N, H, W, 1]`` (or ``[N, H, W]``).
+    eps: inside the square root, so the gradient at a perfect match is 0,
+      not NaN.
+  Returns:
+    ``(loss, per_pixel)``: mean EPE over valid pixels and the ``[N, H, W]``
+    per-pixel EPE (0 where masked).
+  """
+  diff = _f32(pred) - _f32(target)
+  epe = jnp.sqrt(jnp.sum(diff ** 2, axis=-1) + eps)
+  if mask is None:
+    return jnp.mean(epe), epe
+  mask = jnp.asarray(mask)
+  if mask.ndim == epe.ndim + 1:
+    mask = mask[..., 0]
+  mask = jnp.broadcast_to(mask, epe.shape)
+  epe = jnp.where(mask, epe, 0.0)
+  return masked_mean(epe, mask), epe
+
+
 # ---------------------------------------------------- cross-domain consistency
 def bidirectional_kl(logits_a: Array, logits_b: Array,
                      mask: Optional[Array] = None,

@@ -8,7 +8,7 @@ import ml_collections
 from flax import struct
 from flax.training import train_state
 
-from crdoco_jax import optim
+from crdoco_jax import optim, tasks
 from crdoco_jax.models import Networks
 
 # Parameters do not depend on the spatial size: initialise on small inputs.
@@ -49,10 +49,12 @@ def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
   """Initialises every network and optimizer (on the default device)."""
   k_task, k_gen, k_dimg, k_dfeat, k_state = jax.random.split(rng, 5)
   image = jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3), jnp.float32)
+  # The task nets see every frame of an example at once (flow: 6 channels).
+  task_input = jnp.tile(image, (1, 1, 1, tasks.num_frames(config)))
   steps = config.train.schedule_steps
   make_tx = lambda name: optim.make_optimizer(config.optim[name], steps)
 
-  task_vars = jax.jit(nets.task.init)(k_task, image)
+  task_vars = jax.jit(nets.task.init)(k_task, task_input)
   task = TaskState.create(apply_fn=nets.task.apply, params=task_vars["params"],
                           batch_stats=task_vars["batch_stats"],
                           tx=make_tx("task_net"))
@@ -63,7 +65,7 @@ def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
 
   gen_params = jax.jit(nets.translator.init)(k_gen, image)["params"]
   dimg_params = jax.jit(nets.d_img.init)(k_dimg, image)["params"]
-  out = nets.task.apply(task_vars, image, "S")
+  out = nets.task.apply(task_vars, task_input, "S")
   feat_init = jax.jit(nets.d_feat.init)
   dfeat_params = {
       head: feat_init(jax.random.fold_in(k_dfeat, i), out[head])["params"]

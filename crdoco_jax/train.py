@@ -116,11 +116,27 @@ class PreemptionWatcher:
                     else signal.default_int_handler)
 
 
+def _host_sum(x) -> np.ndarray:
+  # int64 / float64 on the host: whole splits overflow int32 / lose float32.
+  x = np.asarray(x[0])
+  return x.astype(np.int64 if np.issubdtype(x.dtype, np.integer)
+                  else np.float64)
+
+
 def evaluate_target(p_eval, state, config) -> Dict[str, Any]:
-  """F_T on the target evaluation split: mIoU and per-class IoU."""
-  cm = np.zeros((config.data.num_classes,) * 2, np.int64)
+  """F_T on the target evaluation split: mIoU and per-class IoU
+  (segmentation), or the depth / flow metrics (``evaluate.py``)."""
+  total = None
   for batch in input_pipeline.eval_batches(config):
-    cm += np.asarray(p_eval(state, parallel.shard(batch))[0], np.int64)
+    sums = jax.tree_util.tree_map(_host_sum,
+                                  p_eval(state, parallel.shard(batch)))
+    total = sums if total is None else jax.tree_util.tree_map(np.add, total,
+                                                              sums)
+  if config.task == "depth":
+    return evaluate.depth_metrics(total)
+  if config.task == "flow":
+    return evaluate.flow_metrics(total)
+  cm = total
   ious = evaluate.iou_from_confusion(cm)
   return dict(miou=evaluate.mean_iou(cm), ious=ious,
               pixel_accuracy=evaluate.pixel_accuracy(cm),
@@ -129,6 +145,12 @@ def evaluate_target(p_eval, state, config) -> Dict[str, Any]:
 
 def write_eval(writer, step: int, result: Dict[str, Any],
                config: ml_collections.ConfigDict) -> None:
+  if config.task != "segmentation":
+    writer.write_scalars(step, {f"eval/target_{k}": v
+                                for k, v in result.items()})
+    logging.info("Target-domain evaluation at step %d: %s", step,
+                 format_metrics(result))
+    return
   names = config.data.class_names
   scalars = {"eval/target_miou": 100 * result["miou"],
              "eval/target_pixel_accuracy": 100 * result["pixel_accuracy"]}
@@ -139,29 +161,53 @@ def write_eval(writer, step: int, result: Dict[str, Any],
                evaluate.format_iou_table(result["ious"], names))
 
 
+def _label_drawer(config):
+  """``(label or prediction, valid or None) -> uint8 [H, W, 3]`` tile."""
+  if config.task == "depth":
+    d = config.depth
+    return lambda x, valid: visualize.colorize_depth(x[..., 0], valid,
+                                                     d.min_depth, d.max_depth)
+  if config.task == "flow":
+    return lambda x, valid: visualize.flow_to_color(x, valid,
+                                                    config.flow.scale)
+  palette = visualize.palette_for(config.data.num_classes,
+                                  config.data.class_names)
+  return lambda x, valid: visualize.colorize(x, palette)
+
+
 def summary_image(images: Dict[str, np.ndarray], config,
                   max_rows: int = 4) -> np.ndarray:
   """Grid: per example, I_S | I_S->T | Y_S | F_S(I_S) and
-  I_T | I_T->S | Y_T (if known) | F_T(I_T)."""
+  I_T | I_T->S | Y_T (if known) | F_T(I_T). Depth and flow are drawn in
+  colour (``visualize.py``); flow rows show the first frame."""
   images = {k: np.asarray(v).reshape((-1,) + v.shape[2:])
             for k, v in images.items()}
-  palette = visualize.palette_for(config.data.num_classes,
-                                  config.data.class_names)
-  img = visualize.to_uint8_image
-  lab = lambda x: visualize.colorize(x, palette)
+  img = lambda x: visualize.to_uint8_image(x[..., :3])
+  draw = _label_drawer(config)
   # Methods without translator / target labels show black tiles there.
   black = -np.ones_like(images["source"])
-  no_label = np.full(images["pred_target"].shape, 255)
+  no_label = (np.full(images["pred_target"].shape, 255)
+              if config.task == "segmentation" else None)
+
+  def label(domain, i):
+    if f"{domain}_label" in images:
+      valid = images.get(f"{domain}_valid")
+      return draw(images[f"{domain}_label"][i],
+                  None if valid is None else valid[i])
+    if no_label is not None:
+      return draw(no_label[i], None)
+    return np.zeros(images["source"].shape[1:3] + (3,), np.uint8)
+
   rows = []
   for i in range(min(max_rows, len(images["source"]))):
     rows.append([img(images["source"][i]),
                  img(images.get("source_to_target", black)[i]),
-                 lab(images["source_label"][i]),
-                 lab(images["pred_source"][i])])
+                 label("source", i),
+                 draw(images["pred_source"][i], None)])
     rows.append([img(images["target"][i]),
                  img(images.get("target_to_source", black)[i]),
-                 lab(images.get("target_label", no_label)[i]),
-                 lab(images["pred_target"][i])])
+                 label("target", i),
+                 draw(images["pred_target"][i], None)])
   return visualize.image_grid(rows)
 
 
@@ -260,17 +306,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   if result is None:  # resumed at the end: evaluate the restored state
     result = evaluate_target(p_eval, state, config)
-  result = dict(method=config.method, step=tc.num_steps,
-                target_miou=100 * result["miou"],
-                per_class_iou={n: 100 * float(v) for n, v in
-                               zip(config.data.class_names, result["ious"])},
-                train_seconds_this_run=time.time() - t0)
+  if config.task == "segmentation":
+    result = dict(method=config.method, step=tc.num_steps,
+                  target_miou=100 * result["miou"],
+                  per_class_iou={n: 100 * float(v) for n, v in
+                                 zip(config.data.class_names, result["ious"])},
+                  train_seconds_this_run=time.time() - t0)
+  else:  # depth / flow: target_abs_rel, ... / target_epe, target_fl
+    result = dict(method=config.method, step=tc.num_steps, task=config.task,
+                  **{f"target_{k}": v for k, v in result.items()},
+                  train_seconds_this_run=time.time() - t0)
   if is_chief:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(result, f, indent=1)
-  logging.info("Final target mIoU (%s): %.2f", config.method,
-               result["target_miou"])
+  logging.info(format_result(result))
   return result
+
+
+def format_metrics(metrics: Dict[str, float]) -> str:
+  """``'abs_rel 0.1234, rmse 0.5678'`` for logs."""
+  return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
+
+def format_result(result: Dict[str, Any]) -> str:
+  """One line summing up ``train_and_evaluate``'s result."""
+  if "target_miou" in result:
+    return (f"Final target mIoU ({result['method']}): "
+            f"{result['target_miou']:.2f}")
+  metrics = {k[len("target_"):]: v for k, v in result.items()
+             if k.startswith("target_")}
+  return (f"Final target {result['task']} metrics ({result['method']}): "
+          f"{format_metrics(metrics)}")
+
+
+def format_eval(config: ml_collections.ConfigDict,
+                result: Dict[str, Any]) -> str:
+  """One line summing up ``evaluate_checkpoint``'s result."""
+  if config.task == "segmentation":
+    return f"Target mIoU: {100 * result['miou']:.2f}"
+  return f"Target {config.task} metrics: {format_metrics(result)}"
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str

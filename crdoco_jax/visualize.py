@@ -111,6 +111,52 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
   return out
 
 
+# Dark purple -> red -> yellow (a coarse "inferno"-like ramp): near is bright.
+_DEPTH_RAMP = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84),
+                        (249, 142, 9), (252, 255, 164)], np.float32)
+
+
+def colorize_depth(depth: np.ndarray, valid: Optional[np.ndarray] = None,
+                   min_depth: float = 0.1, max_depth: float = 10.0
+                   ) -> np.ndarray:
+  """Depth ``[..., H, W]`` (metres) -> ``[..., H, W, 3]`` uint8, coloured
+  by log depth between the caps (near = bright); invalid pixels
+  (``valid`` false, non-finite or <= 0) are black."""
+  depth = np.asarray(depth, np.float32)
+  ok = np.isfinite(depth) & (depth > 0)
+  if valid is not None:
+    ok &= np.asarray(valid).astype(bool)
+  d = np.clip(np.where(ok, depth, max_depth), min_depth, max_depth)
+  t = 1.0 - np.log(d / min_depth) / np.log(max_depth / min_depth)
+  t = np.clip(t, 0.0, 1.0) * (len(_DEPTH_RAMP) - 1)
+  lo = np.minimum(t.astype(np.int64), len(_DEPTH_RAMP) - 2)
+  frac = (t - lo)[..., None]
+  rgb = _DEPTH_RAMP[lo] * (1.0 - frac) + _DEPTH_RAMP[lo + 1] * frac
+  return np.where(ok[..., None], np.round(rgb), 0).astype(np.uint8)
+
+
+def flow_to_color(flow: np.ndarray, valid: Optional[np.ndarray] = None,
+                  max_magnitude: Optional[float] = None) -> np.ndarray:
+  """Flow ``[..., H, W, 2]`` (u, v in pixels) -> ``[..., H, W, 3]`` uint8:
+  hue = direction, saturation = length relative to ``max_magnitude``
+  (default: the largest valid length), white = no motion; invalid black."""
+  flow = np.asarray(flow, np.float32)
+  ok = np.all(np.isfinite(flow), axis=-1)
+  if valid is not None:
+    ok &= np.asarray(valid).astype(bool)
+  u, v = (np.where(ok, flow[..., i], 0.0) for i in (0, 1))
+  length = np.hypot(u, v)
+  if max_magnitude is None:
+    max_magnitude = float(length.max()) if length.size else 1.0
+  sat = np.clip(length / max(max_magnitude, 1e-6), 0.0, 1.0)
+  hue = (np.arctan2(-v, -u) / np.pi + 1.0) * 3.0  # [0, 6)
+  # HSV -> RGB with value 1: each channel falls off with its hue distance.
+  channel = lambda n: 1.0 - sat * np.clip(
+      np.minimum((n + hue) % 6.0, 4.0 - (n + hue) % 6.0), 0.0, 1.0)
+  rgb = np.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-1)
+  return np.where(ok[..., None], np.round(255.0 * rgb), 0).astype(np.uint8)
+
+
 def to_uint8_image(x: np.ndarray) -> np.ndarray:
   """Maps a float image in ``[-1, 1]`` (the translators' tanh range) to
   uint8 ``[0, 255]``; values outside are clipped and NaN becomes 0.

@@ -10,7 +10,10 @@ and augmentation run on a thread pool a few steps ahead of the devices.
 
 Batches are dicts of NumPy arrays shaped ``[local_devices, per_device_batch,
 ...]``: images float32 in [-1, 1] ``[..., H, W, 3]``, labels int32
-``[..., H, W]`` (``ignore_label`` for unlabelled pixels).
+``[..., H, W]`` (``ignore_label`` for unlabelled pixels). Depth and flow
+(``config.task``) have float32 labels ``[..., H, W, 1]`` (metres) or
+``[..., H, W, 2]`` (pixels, u right, v down) and bool ``*_valid [..., H, W]``
+masks; flow images hold both frames, ``[..., H, W, 6]``.
 """
 import concurrent.futures
 import functools
@@ -21,6 +24,8 @@ import jax
 import ml_collections
 import numpy as np
 from PIL import Image
+
+from crdoco_jax.data import dense
 
 Batch = Dict[str, np.ndarray]
 DEMO_COMMAND = ("python launch.py --config=configs/seg.py:demo "
@@ -37,7 +42,8 @@ def data_dir(config: ml_collections.ConfigDict) -> str:
 
 
 def open_source(domain: ml_collections.ConfigDict, split: str,
-                tfds_data_dir: str, num_classes: Optional[int] = None):
+                tfds_data_dir: str, num_classes: Optional[int] = None,
+                task: str = "segmentation"):
   """Random-access source of ``{'image', 'label'}`` examples of one domain.
 
   ``name='folder'`` reads the folder ``domain.dir`` directly (see
@@ -46,12 +52,16 @@ def open_source(domain: ml_collections.ConfigDict, split: str,
   from ``tfds_data_dir``; one not prepared there yet is prepared from
   ``domain.dir`` as its manual dir when that is set (``crdoco_gta5``,
   ``crdoco_synthia`` and ``crdoco_cityscapes`` read the extracted folders),
-  else a clear error names where it belongs.
+  else a clear error names where it belongs. Depth and flow domains
+  (``task``) are read by ``dense_sources.open_dense_source``.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   # Importing the builder modules registers their datasets with tfds.
   # pylint: disable-next=g-import-not-at-top
   from crdoco_jax.data import cityscapes, demo_seg, folder, gta5, synthia
+  if task != "segmentation":
+    from crdoco_jax.data import dense_sources  # pylint: disable=g-import-not-at-top
+    return dense_sources.open_dense_source(domain, split, tfds_data_dir, task)
   if domain.name == "folder":
     return folder.FolderSource(domain.dir, split, num_classes)
   name = domain.name + (f"/{domain.builder_config}"
@@ -98,9 +108,13 @@ def _resize(array: np.ndarray, size: Sequence[int], nearest: bool
 
 
 def decode_example(example, image_size: Sequence[int], flip: bool,
-                   ignore_label: int) -> Dict[str, np.ndarray]:
+                   ignore_label: int, task: str = "segmentation"
+                   ) -> Dict[str, np.ndarray]:
   """One record -> float image in [-1, 1] and int32 labels, resized to
-  ``image_size`` (bicubic / nearest) and optionally mirrored."""
+  ``image_size`` (bicubic / nearest) and optionally mirrored. Depth and flow
+  records go through ``dense.decode_dense_example``."""
+  if task != "segmentation":
+    return dense.decode_dense_example(example, image_size, flip, task)
   image = _resize(np.asarray(example["image"]), image_size, nearest=False)
   out = {"image": image.astype(np.float32) / 127.5 - 1.0}
   if "label" in example:
@@ -157,7 +171,7 @@ class TrainBatches:
     needs_target_labels = config.method == "oracle"
     self.streams = {
         name: open_source(config[name], config[name].train_split, root,
-                          config.data.num_classes)
+                          config.data.num_classes, config.task)
         for name in ("source", "target")}
     self.keep_target_label = needs_target_labels
     self.workers, self.prefetch = workers, prefetch
@@ -175,7 +189,8 @@ class TrainBatches:
               np.random.default_rng([seed, stream_id, int(q), 7]).random()
               < 0.5)
       examples.append(decode_example(source[int(i)], domain.image_size, flip,
-                                     self.config.data.ignore_label))
+                                     self.config.data.ignore_label,
+                                     self.config.task))
     shape = (self.local_devices, self.per_device)
     return {f"{name}_{k}": np.stack([e[k] for e in examples]).reshape(
         shape + examples[0][k].shape) for k in examples[0]}
@@ -185,6 +200,7 @@ class TrainBatches:
     out = {**self._stream("source", 0, step), **self._stream("target", 1, step)}
     if not self.keep_target_label:
       del out["target_label"]
+      out.pop("target_valid", None)
     return out
 
   def iterate(self, start_step: int = 0) -> Iterator[Batch]:
@@ -211,7 +227,7 @@ def eval_batches(config: ml_collections.ConfigDict,
   count = jax.process_count() if process_count is None else process_count
   domain = config.target
   source = open_source(domain, domain.eval_split, data_dir(config),
-                       config.data.num_classes)
+                       config.data.num_classes, config.task)
   indices = list(range(p, len(source), count))
   per_batch = devices * config.data.eval_per_device_batch
   ignore = config.data.ignore_label
@@ -219,12 +235,20 @@ def eval_batches(config: ml_collections.ConfigDict,
   n_batches = -(-len(range(0, len(source), count)) // per_batch)
   for b in range(n_batches):
     chunk = indices[b * per_batch:(b + 1) * per_batch]
-    examples = [decode_example(source[i], domain.image_size, False, ignore)
-                for i in chunk]
+    examples = [decode_example(source[i], domain.image_size, False, ignore,
+                               config.task) for i in chunk]
     h, w = domain.image_size
     while len(examples) < per_batch:
-      examples.append({"image": np.zeros((h, w, 3), np.float32),
-                       "label": np.full((h, w), ignore, np.int32)})
+      examples.append(_padding_example(config, (h, w)))
     yield {k: np.stack([e[k] for e in examples]).reshape(
         (devices, config.data.eval_per_device_batch) + examples[0][k].shape)
-           for k in ("image", "label")}
+           for k in examples[0]}
+
+
+def _padding_example(config: ml_collections.ConfigDict,
+                     size: Sequence[int]) -> Dict[str, np.ndarray]:
+  """An example with no valid pixel (fills the last evaluation batch)."""
+  if config.task != "segmentation":
+    return dense.empty_example(size, config.task)
+  return {"image": np.zeros((*size, 3), np.float32),
+          "label": np.full(size, config.data.ignore_label, np.int32)}

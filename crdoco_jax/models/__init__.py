@@ -8,10 +8,12 @@ import ml_collections
 from crdoco_jax.models.deeplab import TaskNetPair
 from crdoco_jax.models.discriminators import (DiscriminatorPair,
                                               FCDiscriminator, PatchGAN)
+from crdoco_jax.models.flownet import FlowNetSPair
 from crdoco_jax.models.translator import ResnetGenerator, TranslatorPair
 
 
-__all__ = ["DiscriminatorPair", "FCDiscriminator", "Networks", "PatchGAN",
+__all__ = ["DiscriminatorPair", "FCDiscriminator", "FlowNetSPair",
+           "Networks", "PatchGAN",
            "ResnetGenerator", "TaskNetPair", "TranslatorPair",
            "build_networks"]
 
@@ -19,7 +21,7 @@ __all__ = ["DiscriminatorPair", "FCDiscriminator", "Networks", "PatchGAN",
 class Networks(NamedTuple):
   """The four network pairs of CrDoCo (module definitions, no parameters)."""
   translator: TranslatorPair      # G_S2T, G_T2S
-  task: TaskNetPair               # F_S, F_T
+  task: TaskNetPair               # F_S, F_T (FlowNetSPair for flow)
   d_img: DiscriminatorPair        # PatchGANs on images of S / T
   d_feat: DiscriminatorPair       # output-space Ds on F_S / F_T softmax
 
@@ -32,14 +34,19 @@ def build_networks(config: ml_collections.ConfigDict,
   t, f, d = config.translator, config.task_net, config.disc
   out_channels = (config.data.num_classes if config.task == "segmentation"
                   else config.data.out_channels)
-  return Networks(
-      translator=TranslatorPair(t.ngf, t.n_blocks, t.share_encoder,
-                                t.encoder_blocks, t.remat, dtype),
-      task=TaskNetPair(f.arch, out_channels, f.multi_level, f.share_last,
+  if f.arch == "flownets":  # task_net.levels: encoder stages
+    task = FlowNetSPair(f.width, f.levels, out_channels, f.multi_level,
+                        f.frozen_bn, bn_axis_name, dtype)
+  else:
+    task = TaskNetPair(f.arch, out_channels, f.multi_level, f.share_last,
                        f.frozen_bn, bn_axis_name, True, f.remat, dtype,
                        f.width,
                        # Configs written before the key existed: Caffe style.
-                       stride_on_3x3=f.get("stride_on_3x3", False)),
+                       stride_on_3x3=f.get("stride_on_3x3", False))
+  return Networks(
+      translator=TranslatorPair(t.ngf, t.n_blocks, t.share_encoder,
+                                t.encoder_blocks, t.remat, dtype),
+      task=task,
       d_img=DiscriminatorPair(functools.partial(
           PatchGAN, d.img_ndf, d.img_layers, dtype)),
       d_feat=DiscriminatorPair(functools.partial(

@@ -1,0 +1,116 @@
+"""Task networks F_S and F_T for optical flow: a compact FlowNetS-style net.
+
+FlowNetS (Dosovitskiy et al. 2015) stacks the two frames on the channel
+axis and runs an encoder-decoder: strided convolutions down, then at every
+scale an up-convolution of the features, concatenated with the encoder's
+features of that scale and with the upsampled flow of the coarser scale, and
+a new flow prediction. This one has ``levels`` encoder stages of widths
+``width * (1, 2, 4, 8, 8, ...)`` (7x7, 5x5, then 3x3 kernels, each followed
+by a 3x3 conv), BatchNorm and leaky ReLU (0.1), and predicts the final flow
+at 1/2 resolution, bilinearly upsampled to the input.
+
+Why FlowNetS rather than PWC-Net: CrDoCo's consistency loss and
+output-space discriminator only need a dense flow map from each task net,
+and the two frames of a pair go through the same translator, so early
+fusion is enough for the paper's setting. A plain encoder-decoder keeps the
+flow nets structurally like the segmentation / depth nets (BatchNorm
+synchronised over devices, one forward pass per input), compiles quickly on
+XLA:CPU and fits the demos' 2 CPU cores; PWC-Net's per-level warping and
+cost volumes (81 displacements per level) would cost several times the
+compile time and memory at the demo's small displacements (a few pixels,
+well within FlowNetS's receptive field).
+
+Outputs are ``{'main': [N, H, W, 2]}`` (plus ``'aux'``, the coarsest
+prediction upsampled, when ``multi_level``) in the units the flow task
+regresses (``flow / config.flow.scale``, see ``tasks.py``).
+"""
+import functools
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from crdoco_jax.models import layers
+
+DOMAINS = ("S", "T")
+
+
+class FlowNetS(nn.Module):
+  """One compact FlowNetS: ``[N, H, W, 6]`` stacked frames -> flow."""
+  width: int = 32
+  levels: int = 4
+  out_channels: int = 2
+  multi_level: bool = False
+  norm: Any = nn.BatchNorm
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, frozen: bool) -> Dict[str, jax.Array]:
+    act = lambda y: nn.leaky_relu(y, 0.1)
+
+    def conv_bn(y, features, kernel, stride=1):
+      y = layers.conv(features, kernel, stride, (kernel - 1) // 2,
+                      use_bias=False, kernel_init=layers.he_fan_out,
+                      dtype=self.dtype)(y)
+      return act(self.norm()(y, use_running_average=frozen))
+
+    def predict(y):
+      return layers.conv(self.out_channels, 3, 1, 1,
+                         kernel_init=nn.initializers.normal(0.01),
+                         dtype=self.dtype)(y)
+
+    def up2(y):  # bilinear x2 (FlowNet upsamples its coarse flow too)
+      n, h, w, c = y.shape
+      return jax.image.resize(y, (n, 2 * h, 2 * w, c), "bilinear")
+
+    widths = [self.width * min(2 ** i, 8) for i in range(self.levels)]
+    features = []
+    h = x.astype(self.dtype)
+    for i, c in enumerate(widths):
+      h = conv_bn(h, c, (7, 5)[i] if i < 2 else 3, 2)
+      h = conv_bn(h, c, 3)
+      features.append(h)
+    flow = predict(h)
+    coarsest = flow
+    for i in reversed(range(self.levels - 1)):
+      up = act(nn.ConvTranspose(widths[i], (4, 4), (2, 2), padding="SAME",
+                                kernel_init=layers.he_fan_out,
+                                dtype=self.dtype)(h))
+      h = jnp.concatenate([features[i], up, up2(flow).astype(up.dtype)], -1)
+      flow = predict(h)
+    size = x.shape[1:3]
+    out = {"main": flow}
+    if self.multi_level:
+      out["aux"] = coarsest
+    return {k: layers.resize_bilinear_align_corners(v.astype(jnp.float32),
+                                                    size)
+            for k, v in out.items()}
+
+
+class FlowNetSPair(nn.Module):
+  """F_S and F_T, one :class:`FlowNetS` each (the same interface as
+  ``deeplab.TaskNetPair``: ``__call__(x, domain, train)``, ``domain=None``
+  at init builds both)."""
+  width: int = 32
+  levels: int = 4
+  out_channels: int = 2
+  multi_level: bool = False
+  frozen_bn: bool = False
+  bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5,
+                             axis_name=self.bn_axis_name, dtype=self.dtype)
+    for d in DOMAINS:
+      setattr(self, f"net_{d}", FlowNetS(self.width, self.levels,
+                                         self.out_channels, self.multi_level,
+                                         norm, self.dtype))
+
+  def __call__(self, x: jax.Array, domain: str = None, train: bool = False):
+    if domain is None:
+      return [self(x, d, train) for d in DOMAINS][0]
+    if domain not in DOMAINS:
+      raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    return getattr(self, f"net_{domain}")(x, self.frozen_bn or not train)

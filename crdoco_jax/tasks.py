@@ -1,0 +1,164 @@
+"""What each dense prediction task means for the CrDoCo objective.
+
+The train step is written once, in the paper's terms (supervised task loss,
+cross-domain consistency, output-space adversarial loss); this module says
+what those terms are for ``config.task``:
+
+============  =======================  ======================  ===============
+task          supervised loss          consistency             D^feat sees
+============  =======================  ======================  ===============
+segmentation  CE, ignore label         bidirectional KL        softmax
+depth         L1 / berHu (valid px)    L1                      normalised depth
+flow          EPE / L1 (valid px)      L1                      flow / scale
+============  =======================  ======================  ===============
+
+Everything is a pure function of arrays. Network outputs ``out`` are
+``[N, H, W, C]``: logits (segmentation), encoded depth ``[.., 1]`` (log
+metres, or metres, ``config.depth.log_depth``) or flow / ``config.flow.scale``
+``[.., 2]``. Labels as the input pipeline delivers them: int32 ``[N, H, W]``
+class ids (segmentation) or ``(label [N, H, W, D] float32, valid [N, H, W]
+bool)`` with depth in metres and flow in pixels (u right, v down).
+Flow examples hold both frames on the channel axis: ``image [N, H, W, 6]``.
+"""
+from typing import Any, Callable, Dict, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from crdoco_jax import evaluate, losses
+
+TASKS = ("segmentation", "depth", "flow")
+Array = jax.Array
+
+
+class Task(NamedTuple):
+  """The task-specific pieces of the objective and of evaluation."""
+  name: str
+  frames: int  # images per example: 2 for flow (frame 1, frame 2)
+  # (batch, 'source' | 'target' | '') -> labels of that domain (or eval batch).
+  labels: Callable[[Dict[str, Array], str], Any]
+  supervised: Callable[[Array, Any], Array]   # (out, labels) -> scalar
+  consistency: Callable[[Array, Array], Array]  # (out_a, out_b) -> scalar
+  disc_input: Callable[[Array], Array]        # out -> D^feat's input
+  predict: Callable[[Array], Array]           # out -> ids / metres / pixels
+  # (out, eval batch) -> pytree of sums over the batch (psum-able).
+  eval_sums: Callable[[Array, Dict[str, Array]], Any]
+
+
+def _key(domain: str, name: str) -> str:
+  return f"{domain}_{name}" if domain else name
+
+
+def _regression_loss(name: str) -> Callable:
+  if name == "l1":
+    return losses.l1_loss
+  if name == "berhu":
+    return losses.berhu_loss
+  if name == "epe":
+    return losses.endpoint_error_loss
+  raise ValueError(f"Unknown loss.regression {name!r}; use l1, berhu or epe.")
+
+
+def _regression_labels(batch, domain):
+  return batch[_key(domain, "label")], batch[_key(domain, "valid")]
+
+
+def _consistency_l1(a: Array, b: Array) -> Array:
+  # Both predictions of the same scene are free (no stop-gradient), as the
+  # segmentation KL: each task net pulls the other towards agreement.
+  return losses.regression_consistency(a, b)[0]
+
+
+def segmentation(config: ml_collections.ConfigDict) -> Task:
+  ignore, classes = config.data.ignore_label, config.data.num_classes
+  argmax = lambda out: jnp.argmax(out, -1)
+  return Task(
+      name="segmentation", frames=1,
+      labels=lambda batch, domain: batch[_key(domain, "label")],
+      supervised=lambda out, y: losses.softmax_cross_entropy(out, y,
+                                                             ignore)[0],
+      consistency=lambda a, b: losses.bidirectional_kl(a, b)[0],
+      disc_input=lambda out: jax.nn.softmax(out, axis=-1),
+      predict=argmax,
+      eval_sums=lambda out, batch: evaluate.confusion_matrix(
+          argmax(out), batch["label"], classes, ignore))
+
+
+def depth(config: ml_collections.ConfigDict) -> Task:
+  """Depth in metres; the net regresses ``log(depth)`` or metres."""
+  d = config.depth
+  loss = _regression_loss(config.loss.regression)
+  if d.log_depth:
+    encode = lambda m: jnp.log(jnp.maximum(m, d.min_depth))
+    decode = jnp.exp
+    # log-depth is already O(1) for depths of 0.1 - 100 m.
+    normalise = lambda out: out
+  else:
+    encode = decode = lambda x: x
+    normalise = lambda out: out / d.max_depth
+
+  def supervised(out, labels):
+    depth_m, valid = labels
+    return loss(out, encode(depth_m), valid[..., None])[0]
+
+  def predict(out):
+    return jnp.clip(decode(out), d.min_depth, d.max_depth)
+
+  return Task(
+      name="depth", frames=1, labels=_regression_labels,
+      supervised=supervised, consistency=_consistency_l1,
+      disc_input=normalise, predict=predict,
+      eval_sums=lambda out, batch: evaluate.depth_metric_sums(
+          predict(out)[..., 0], batch["label"][..., 0], batch["valid"],
+          d.min_depth, d.max_depth))
+
+
+def flow(config: ml_collections.ConfigDict) -> Task:
+  """Two-frame flow in pixels; the net regresses ``flow / flow.scale``
+  (FlowNet's trick: O(1) targets for any image size)."""
+  scale = config.flow.scale
+  loss = _regression_loss(config.loss.regression)
+
+  def supervised(out, labels):
+    flow_px, valid = labels
+    return loss(out, flow_px / scale, valid[..., None])[0]
+
+  predict = lambda out: out * scale
+  return Task(
+      name="flow", frames=2, labels=_regression_labels,
+      supervised=supervised, consistency=_consistency_l1,
+      disc_input=lambda out: out, predict=predict,
+      eval_sums=lambda out, batch: evaluate.flow_metric_sums(
+          predict(out), batch["label"], batch["valid"]))
+
+
+_BUILDERS = dict(segmentation=segmentation, depth=depth, flow=flow)
+
+
+def get_task(config: ml_collections.ConfigDict) -> Task:
+  """The :class:`Task` of ``config.task``."""
+  if config.task not in _BUILDERS:
+    raise ValueError(f"Unknown task {config.task!r}; choose from {TASKS}.")
+  return _BUILDERS[config.task](config)
+
+
+def num_frames(config: ml_collections.ConfigDict) -> int:
+  """Images per example (the task net sees ``3 * num_frames`` channels)."""
+  return 2 if config.task == "flow" else 1
+
+
+# ---------------------------------------------------------------- frames
+def to_frames(x: Array, frames: int) -> Array:
+  """``[N, H, W, 3k]`` -> ``[k N, H, W, 3]`` (frame-major), so translators
+  and image discriminators see ordinary RGB images; identity for k = 1."""
+  if frames == 1:
+    return x
+  return jnp.concatenate(jnp.split(x, frames, axis=-1), axis=0)
+
+
+def from_frames(x: Array, frames: int) -> Array:
+  """Inverse of :func:`to_frames`: ``[k N, H, W, 3]`` -> ``[N, H, W, 3k]``."""
+  if frames == 1:
+    return x
+  return jnp.concatenate(jnp.split(x, frames, axis=0), axis=-1)

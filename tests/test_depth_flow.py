@@ -1,0 +1,234 @@
+"""Depth and flow: regression losses and metrics against NumPy, the task
+dispatch, decoding (resize, mirror), demos, and the pmapped step."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import depth as depth_configs
+from configs import flow as flow_configs
+from crdoco_jax import evaluate, losses, models, parallel, tasks, train
+from crdoco_jax import state as state_lib
+from crdoco_jax import train_step as step_lib
+from crdoco_jax.data import dense, demo_depth, demo_flow, input_pipeline
+
+
+@pytest.fixture(scope="module")
+def dense_tfds_dir(tmp_path_factory):
+  """A tfds data dir holding both demo pairs with small splits."""
+  root = str(tmp_path_factory.mktemp("dense_tfds"))
+  for module in (demo_depth, demo_flow):
+    sizes = dict(module.SPLIT_SIZES)
+    module.SPLIT_SIZES.update(train=8, val=4)
+    try:
+      for domain in module.DOMAINS:
+        module.build(domain, root)
+    finally:
+      module.SPLIT_SIZES.update(sizes)
+  return root
+
+
+def _config(module, arg, tfds_dir):
+  config = module.get_config(arg)
+  config.data.tfds_data_dir = tfds_dir
+  return config
+
+
+# -------------------------------------------------------- losses, metrics
+def test_endpoint_error_loss_matches_numpy():
+  rng = np.random.default_rng(0)
+  p, t = rng.normal(size=(2, 5, 6, 2)), rng.normal(size=(2, 5, 6, 2))
+  mask = rng.random((2, 5, 6)) > 0.4
+  epe = np.sqrt(np.sum((p - t) ** 2, -1) + 1e-6)
+  loss, per_pixel = losses.endpoint_error_loss(p, t, mask[..., None])
+  np.testing.assert_allclose(loss, epe[mask].mean(), rtol=1e-5)
+  np.testing.assert_allclose(per_pixel, np.where(mask, epe, 0), rtol=1e-5)
+  assert float(losses.endpoint_error_loss(p, t, mask * 0)[0]) == 0.0
+  # Finite gradient at a perfect match (the eps inside the root).
+  g = jax.grad(lambda x: losses.endpoint_error_loss(x, t)[0])(t)
+  assert np.all(np.isfinite(g))
+
+
+def test_depth_task_losses_in_log_space_and_masked():
+  config = depth_configs.get_config("tiny")
+  task = tasks.get_task(config)
+  rng = np.random.default_rng(1)
+  out = rng.normal(size=(2, 4, 4, 1)).astype(np.float32)
+  gt = rng.uniform(0.5, 8, size=(2, 4, 4, 1)).astype(np.float32)
+  valid = rng.random((2, 4, 4)) > 0.3
+  # Targets below the depth cap (1 m in the demo) are clamped to it.
+  ref = np.abs(out - np.log(np.maximum(gt, 1.0)))[..., 0][valid].mean()
+  np.testing.assert_allclose(task.supervised(out, (gt, valid)), ref,
+                             rtol=1e-5)
+  other = rng.normal(size=out.shape).astype(np.float32)
+  np.testing.assert_allclose(task.consistency(out, other),
+                             np.abs(out - other).mean(), rtol=1e-5)
+  np.testing.assert_allclose(task.predict(out),
+                             np.clip(np.exp(out), 1.0, 10.0), rtol=1e-5)
+  config.unlock()
+  config.depth.log_depth = False
+  np.testing.assert_allclose(tasks.get_task(config).disc_input(out),
+                             out / 10.0, rtol=1e-6)
+
+
+def _numpy_depth_metrics(pred, gt, valid, lo, hi):
+  rows = []
+  for p, g, v in zip(pred, gt, valid):
+    m = v & (g > lo) & (g < hi)
+    if not m.any():
+      continue
+    p, g = np.clip(p[m], lo, hi).astype(np.float64), g[m].astype(np.float64)
+    ratio = np.maximum(p / g, g / p)
+    rows.append([np.mean(np.abs(p - g) / g), np.mean((p - g) ** 2 / g),
+                 np.sqrt(np.mean((p - g) ** 2)),
+                 np.sqrt(np.mean((np.log(p) - np.log(g)) ** 2)),
+                 np.mean(ratio < 1.25), np.mean(ratio < 1.25 ** 2),
+                 np.mean(ratio < 1.25 ** 3)])
+  return dict(zip(evaluate.DEPTH_METRICS, np.mean(rows, 0)))
+
+
+def test_depth_metrics_match_numpy_with_caps_and_empty_images():
+  rng = np.random.default_rng(2)
+  gt = rng.uniform(0.0, 12.0, (4, 6, 7)).astype(np.float32)
+  pred = (gt * rng.uniform(0.6, 1.5, gt.shape)).astype(np.float32)
+  pred[0, 0, 0] = 50.0  # clipped to the cap
+  valid = rng.random(gt.shape) > 0.2
+  valid[3] = False  # e.g. an evaluation padding image: does not count
+  ref = _numpy_depth_metrics(pred, gt, valid, 0.5, 10.0)
+  # Two "devices" summed on the host, as train.evaluate_target does.
+  halves = [jax.device_get(evaluate.depth_metric_sums(
+      pred[s], gt[s], valid[s], 0.5, 10.0)) for s in (slice(0, 2),
+                                                       slice(2, 4))]
+  sums = {k: np.float64(halves[0][k]) + halves[1][k] for k in halves[0]}
+  assert int(sums["images"]) == 3
+  got = evaluate.depth_metrics(sums)
+  for k in evaluate.DEPTH_METRICS:
+    np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, err_msg=k)
+  # A perfect prediction: zero errors, all deltas 1.
+  perfect = evaluate.depth_metrics(jax.device_get(evaluate.depth_metric_sums(
+      np.clip(gt, 0.5, 10), gt, valid, 0.5, 10.0)))
+  assert perfect["abs_rel"] < 1e-6 and perfect["delta1"] == 1.0
+
+
+def test_flow_metrics_match_numpy():
+  rng = np.random.default_rng(3)
+  gt = rng.normal(0, 20, (2, 5, 6, 2)).astype(np.float32)
+  pred = gt + rng.normal(0, 3, gt.shape).astype(np.float32)
+  valid = rng.random((2, 5, 6)) > 0.3
+  gt[0, 0, 0] = np.nan  # non-finite ground truth never counts
+  valid[0, 0, 0] = True
+  got = evaluate.flow_metrics(jax.device_get(
+      evaluate.flow_metric_sums(pred, gt, valid)))
+  ok = valid & np.all(np.isfinite(gt), -1)
+  epe = np.linalg.norm(pred - gt, axis=-1)[ok]
+  mag = np.linalg.norm(gt, axis=-1)[ok]
+  np.testing.assert_allclose(got["epe"], epe.mean(), rtol=1e-5)
+  np.testing.assert_allclose(
+      got["fl"], 100 * np.mean((epe > 3) & (epe > 0.05 * mag)), rtol=1e-5)
+  assert 0 < got["fl"] < 100
+
+
+# ----------------------------------------------------------- frames, data
+def test_frames_round_trip():
+  x = jnp.arange(2 * 3 * 4 * 6, dtype=jnp.float32).reshape(2, 3, 4, 6)
+  f = tasks.to_frames(x, 2)
+  assert f.shape == (4, 3, 4, 3)
+  np.testing.assert_array_equal(f[1], x[1, ..., :3])
+  np.testing.assert_array_equal(f[2], x[0, ..., 3:])
+  np.testing.assert_array_equal(tasks.from_frames(f, 2), x)
+  assert tasks.to_frames(x, 1) is x
+
+
+def test_flow_decode_mirror_negates_u_and_resize_scales():
+  rng = np.random.default_rng(4)
+  image = rng.integers(0, 255, (8, 10, 3), np.uint8)
+  flow = rng.normal(size=(8, 10, 2)).astype(np.float32)
+  example = {"image": image, "image2": image[::-1].copy(), "label": flow,
+             "id": "x"}
+  out = dense.decode_dense_example(example, (8, 10), True, "flow")
+  assert out["image"].shape == (8, 10, 6)
+  np.testing.assert_allclose(out["label"][:, ::-1, 0], -flow[..., 0])
+  np.testing.assert_allclose(out["label"][:, ::-1, 1], flow[..., 1])
+  half = dense.decode_dense_example(example, (4, 5), False, "flow")
+  # Nearest neighbour at pixel centres keeps the odd rows and columns.
+  np.testing.assert_allclose(half["label"], flow[1::2, 1::2] / 2, rtol=1e-6)
+  with pytest.raises(ValueError, match="x: flow example without its second"):
+    dense.decode_dense_example({"image": image, "id": "x"}, (8, 10), False,
+                               "flow")
+  with pytest.raises(ValueError, match="depth label of shape"):
+    dense.decode_dense_example({"image": image, "label": flow, "id": "y"},
+                               (8, 10), False, "depth")
+
+
+def test_depth_decode_masks_holes_and_non_finite():
+  image = np.zeros((4, 4, 3), np.uint8)
+  depth = np.full((4, 4), 2.0, np.float32)
+  depth[0, 0], depth[1, 1] = 0.0, np.inf
+  out = dense.decode_dense_example({"image": image, "label": depth},
+                                   (4, 4), False, "depth")
+  assert out["valid"].sum() == 14 and not out["valid"][0, 0]
+  assert not out["valid"][1, 1] and out["label"][1, 1, 0] == 0.0
+
+
+def test_demo_pairs_have_exact_labels_and_differ_in_appearance():
+  a = demo_depth.make_example("source", "train", 3)
+  b = demo_depth.make_example("source", "train", 3)
+  np.testing.assert_array_equal(a["image"], b["image"])
+  assert a["label"].shape == (64, 64, 1) and a["label"].min() > 1.0
+  t = demo_depth.make_example("target", "train", 3)
+  assert 0 < np.mean(t["label"] == 0) < 0.2  # Kinect-like holes
+  # Same sampler, other look: the mean colours differ clearly.
+  means = [np.mean([demo_depth.make_example(d, "train", i)["image"].mean(
+      (0, 1)) for i in range(8)], 0) for d in demo_depth.DOMAINS]
+  assert np.abs(means[0] - means[1]).max() > 15
+  # Flow: frame 2 at p + flow(p) shows what frame 1 shows at p.
+  f = demo_flow.make_example("source", "train", 5)
+  assert f["image"].shape == f["image2"].shape == (64, 64, 3)
+  assert np.abs(f["label"]).max() > 1.0
+  err = demo_flow.warp_error(f)
+  assert err < 0.25 * demo_flow.warp_error({**f, "label": 0 * f["label"]})
+
+
+# ------------------------------------------------------- training system
+@pytest.mark.parametrize("module,metric", [(depth_configs, "target_abs_rel"),
+                                           (flow_configs, "target_epe")])
+def test_tiny_demo_runs_through_train_and_evaluate(module, metric,
+                                                   dense_tfds_dir, tmp_path):
+  config = _config(module, "tiny", dense_tfds_dir)
+  config.train.update(num_steps=2, checkpoint_every=2, eval_every=2,
+                      image_every=2)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == 2 and np.isfinite(result[metric])
+  with open(tmp_path / train.RESULTS_FILE) as f:
+    assert json.load(f)["task"] == config.task
+  assert os.listdir(tmp_path / "images")
+
+
+def test_regression_consistency_trains_both_task_nets_in_pmapped_step(
+    dense_tfds_dir):
+  # Only the consistency term is on: whatever moves, it moved.
+  config = _config(flow_configs, "tiny", dense_tfds_dir)
+  config.loss.update(task=0.0, feat_adv=0.0, img_adv=0.0, rec=0.0)
+  for name in ("translator", "task_net", "d_img", "d_feat"):
+    config.optim[name].update(name="sgd", lr=0.1, weight_decay=0.0)
+  host = state_lib.create_train_state(config, models.build_networks(config),
+                                      jax.random.PRNGKey(0))
+  nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
+  p_step = jax.pmap(step_lib.make_train_step(config, nets),
+                    axis_name=parallel.AXIS)
+  batch = input_pipeline.TrainBatches(config).batch(0)
+  assert batch["source_image"].shape[-1] == 6
+  assert batch["source_label"].shape[-1] == 2
+  new, m = p_step(parallel.replicate(host), parallel.shard(batch))
+  assert np.isfinite(m["loss_consistency"][0]) and m["loss_consistency"][0] > 0
+  params = parallel.unreplicate(new.task.params)
+  for domain in ("S", "T"):
+    moved = [not np.array_equal(a, b) for a, b in zip(
+        jax.tree_util.tree_leaves({k: v for k, v in host.task.params.items()
+                                   if k.endswith(domain)}),
+        jax.tree_util.tree_leaves({k: v for k, v in params.items()
+                                   if k.endswith(domain)}))]
+    assert any(moved), domain
