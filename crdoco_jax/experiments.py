@@ -1,0 +1,330 @@
+r"""Experiment runner: methods x seeds, one process per run, one table.
+
+  python -m crdoco_jax.experiments --config=configs/seg.py:demo \
+      --workdir=/tmp/crdoco_table --seeds=0,1,2 \
+      --methods=source_only,crdoco,no_consistency,oracle
+
+  # two folder domains (see README, "Datasets"):
+  python -m crdoco_jax.experiments --config=configs/seg.py:demo \
+      --workdir=/tmp/my_pair --source_dir=/data/a --target_dir=/data/b \
+      --set=data.num_classes=5
+
+Each (method, seed) trains with ``launch.py`` in its own process under
+``WORKDIR/METHOD/seed_S`` (so one failed run loses nothing else), with its
+output in ``log.txt`` there; a run whose ``results.json`` is complete is not
+run again. The runner then writes ``WORKDIR/results.json`` and
+``WORKDIR/results.md``: the target metric's mean and standard deviation over
+seeds per method, per-class IoU, the share of the source-only -> oracle gap
+each method closes, wall times and failed runs; and ``WORKDIR/figure.png``
+(segmentation): target images, their translation to the source style, the
+source-only and CrDoCo predictions and the label, side by side.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import app, flags, logging
+import numpy as np
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_FILE = "run.json"        # per run: command, return code, wall time
+RESULTS_FILE = "results.json"  # per run (written by train.py) and summary
+
+_CONFIG = flags.DEFINE_string(
+    "config", "configs/seg.py:demo",
+    "Config file and variants without the method, e.g. configs/seg.py:demo.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where runs and tables go.")
+_METHODS = flags.DEFINE_list(
+    "methods", ["source_only", "crdoco", "no_consistency", "oracle"],
+    "Methods (config variants) to train.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+_SET = flags.DEFINE_multi_string(
+    "set", [], "Config override KEY=VALUE for every run, e.g. "
+    "train.num_steps=500 (passed as --config.KEY=VALUE).")
+_SOURCE_DIR = flags.DEFINE_string(
+    "source_dir", None, "Source folder domain (sets source.name=folder).")
+_TARGET_DIR = flags.DEFINE_string(
+    "target_dir", None, "Target folder domain (sets target.name=folder).")
+_FIGURE_IMAGES = flags.DEFINE_integer("figure_images", 4,
+                                      "Target images in figure.png (0: none).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def run_dir(workdir: str, method: str, seed: int) -> str:
+  return os.path.join(workdir, method, f"seed_{seed}")
+
+
+def overrides(sets: Sequence[str], source_dir: Optional[str] = None,
+              target_dir: Optional[str] = None) -> List[str]:
+  """``--set`` values and folder domains as ``KEY=VALUE`` strings."""
+  out = []
+  for name, path in (("source", source_dir), ("target", target_dir)):
+    if path:
+      out += [f"{name}.name=folder", f"{name}.dir={os.path.abspath(path)}",
+              f"{name}.builder_config="]
+  for s in sets:
+    if "=" not in s:
+      raise ValueError(f"--set {s!r} is not KEY=VALUE (e.g. "
+                       "--set=train.num_steps=500).")
+    out.append(s)
+  return out
+
+
+def launch_command(config: str, method: str, seed: int, workdir: str,
+                   sets: Sequence[str]) -> List[str]:
+  """The ``launch.py`` command line of one run."""
+  file, _, variants = config.partition(":")
+  variants = ",".join(v for v in (variants, method) if v)
+  return ([sys.executable, os.path.join(_ROOT, "launch.py"),
+           f"--config={file}:{variants}", f"--workdir={workdir}",
+           f"--config.seed={seed}"]
+          + [f"--config.{s}" for s in sets])
+
+
+def finished(directory: str) -> Optional[Dict[str, Any]]:
+  """The run's results if it ran to its last step, else None."""
+  try:
+    with open(os.path.join(directory, RESULTS_FILE)) as f:
+      result = json.load(f)
+    with open(os.path.join(directory, RUN_FILE)) as f:
+      run = json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+  return result if run.get("returncode") == 0 else None
+
+
+def run_one(command: List[str], directory: str) -> Dict[str, Any]:
+  """Runs ``command`` to completion with its output in ``log.txt``."""
+  os.makedirs(directory, exist_ok=True)
+  t0 = time.time()
+  with open(os.path.join(directory, "log.txt"), "w") as log:
+    returncode = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
+                                 cwd=_ROOT, stdin=subprocess.DEVNULL)
+  run = dict(command=command, returncode=returncode,
+             wall_seconds=time.time() - t0)
+  with open(os.path.join(directory, RUN_FILE), "w") as f:
+    json.dump(run, f, indent=1)
+  return run
+
+
+def _mean_std(values: Sequence[float]) -> Dict[str, float]:
+  return dict(mean=statistics.fmean(values),
+              std=statistics.stdev(values) if len(values) > 1 else 0.0,
+              n=len(values))
+
+
+def primary_metric(result: Dict[str, Any]) -> str:
+  """The metric a table ranks by: mIoU (segmentation), else the first
+  ``target_*`` metric train.py wrote (abs rel for depth, EPE for flow)."""
+  if "target_miou" in result:
+    return "target_miou"
+  return next(k for k in result if k.startswith("target_"))
+
+
+def summarize(runs: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
+  """Aggregates ``{method: {seed: run}}`` (a run: ``result`` or None,
+  ``wall_seconds``, ``returncode``) into per-method statistics."""
+  done = [r["result"] for m in runs.values() for r in m.values()
+          if r["result"]]
+  metric = primary_metric(done[0]) if done else None
+  methods = {}
+  for method, seeds in runs.items():
+    ok = {s: r for s, r in seeds.items() if r["result"]}
+    entry = dict(seeds=sorted(ok), failed_seeds=sorted(set(seeds) - set(ok)),
+                 wall_seconds=_mean_std([r["wall_seconds"]
+                                         for r in ok.values()]) if ok else None)
+    if ok:
+      entry["metric"] = _mean_std([r["result"][metric] for r in ok.values()])
+      entry["per_seed"] = {s: r["result"][metric] for s, r in ok.items()}
+      per_class = [r["result"]["per_class_iou"] for r in ok.values()
+                   if "per_class_iou" in r["result"]]
+      if per_class:
+        entry["per_class_iou"] = {
+            n: statistics.fmean(p[n] for p in per_class) for n in per_class[0]}
+    methods[method] = entry
+  lo, hi = (methods.get(m, {}).get("metric") for m in ("source_only",
+                                                        "oracle"))
+  if lo and hi and hi["mean"] != lo["mean"]:
+    for entry in methods.values():
+      if "metric" in entry:
+        entry["gap_closed"] = ((entry["metric"]["mean"] - lo["mean"])
+                               / (hi["mean"] - lo["mean"]))
+  return dict(metric=metric, methods=methods)
+
+
+def markdown(summary: Dict[str, Any], command: str) -> str:
+  """``results.md``: the summary as tables."""
+  metric, methods = summary["metric"], summary["methods"]
+  lines = [f"Command: `{command}`", "",
+           f"| method | {metric} (mean ± std) | seeds | per seed | "
+           "gap closed | wall time / run |", "|---|---|---|---|---|---|"]
+  for name, e in methods.items():
+    if "metric" not in e:
+      lines.append(f"| {name} | failed | 0 | | | |")
+      continue
+    m = e["metric"]
+    per_seed = ", ".join(f"{v:.2f}" for v in e["per_seed"].values())
+    gap = f"{100 * e['gap_closed']:.0f}%" if "gap_closed" in e else ""
+    lines.append(f"| {name} | {m['mean']:.2f} ± {m['std']:.2f} | {m['n']} | "
+                 f"{per_seed} | {gap} | {e['wall_seconds']['mean'] / 60:.1f} "
+                 "min |")
+  failed = [f"{n} seed {s}" for n, e in methods.items()
+            for s in e["failed_seeds"]]
+  if failed:
+    lines += ["", "Failed runs (see their log.txt): " + ", ".join(failed)]
+  with_classes = {n: e for n, e in methods.items() if "per_class_iou" in e}
+  if with_classes:
+    classes = list(next(iter(with_classes.values()))["per_class_iou"])
+    lines += ["", "Per-class IoU (mean over seeds):", "",
+              "| method | " + " | ".join(classes) + " |",
+              "|---|" + "---|" * len(classes)]
+    for n, e in with_classes.items():
+      lines.append(f"| {n} | " + " | ".join(
+          f"{e['per_class_iou'][c]:.1f}" for c in classes) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def figure(config_arg: str, sets: Sequence[str], workdir: str, seed: int,
+           num_images: int) -> Optional[np.ndarray]:
+  """Target val images | I_T->S | source-only | CrDoCo | label, from the
+  ``seed`` runs of source_only and crdoco; None if either is missing."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from crdoco_jax import train, visualize
+  from crdoco_jax.data import input_pipeline
+  from crdoco_jax.models import build_networks
+
+  def load(method):
+    directory = run_dir(workdir, method, seed)
+    if not finished(directory):
+      return None
+    config = load_config(config_arg, method)
+    with config.unlocked():
+      config.seed = seed
+      for s in sets:
+        key, _, value = s.partition("=")
+        _set(config, key, value)
+    state, _ = train.initial_state(config, directory)
+    return config, state, build_networks(config)
+
+  loaded = {m: load(m) for m in ("source_only", "crdoco")}
+  if any(v is None for v in loaded.values()):
+    return None
+  config = loaded["crdoco"][0]
+  if config.task != "segmentation":
+    return None
+  with config.unlocked():
+    config.data.eval_per_device_batch = num_images
+  batch = next(input_pipeline.eval_batches(config, num_local_devices=1,
+                                           process_index=0, process_count=1))
+  x, y = batch["image"][0], batch["label"][0]
+
+  def predict(method, images):
+    _, state, nets = loaded[method]
+    out = nets.task.apply({"params": state.task.params,
+                           "batch_stats": state.task.batch_stats},
+                          images, "T", train=False)["main"]
+    return np.asarray(jax.numpy.argmax(out, -1))
+
+  _, state, nets = loaded["crdoco"]
+  x_ts = np.asarray(nets.translator.apply({"params": state.translator.params},
+                                          x, "T2S"))
+  palette = visualize.palette_for(config.data.num_classes,
+                                  config.data.class_names)
+  color = lambda labels: visualize.colorize(labels, palette)
+  p_src, p_crdoco = predict("source_only", x), predict("crdoco", x)
+  return visualize.image_grid([
+      [visualize.to_uint8_image(x[i]), visualize.to_uint8_image(x_ts[i]),
+       color(p_src[i]), color(p_crdoco[i]), color(y[i])]
+      for i in range(len(x))])
+
+
+def load_config(config_arg: str, method: str):
+  """``get_config`` of ``FILE:VARIANTS`` plus ``method``, as launch.py
+  would build it (before ``--config.*`` overrides)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  file, _, variants = config_arg.partition(":")
+  path = file if os.path.isabs(file) else os.path.join(_ROOT, file)
+  spec = importlib.util.spec_from_file_location("_experiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(",".join(v for v in (variants, method) if v))
+
+
+def _set(config, dotted: str, value: str) -> None:
+  """Applies a ``--set`` override to a loaded config (figure only)."""
+  *parents, leaf = dotted.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  old = node[leaf]
+  if isinstance(old, bool):
+    node[leaf] = value.lower() in ("1", "true")
+  elif isinstance(old, (int, float)) and not isinstance(old, bool):
+    node[leaf] = type(old)(float(value))
+  elif isinstance(old, tuple):
+    node[leaf] = tuple(int(v) for v in value.strip("()").split(",") if v)
+  else:
+    node[leaf] = value
+
+
+def run_experiments(config: str, workdir: str, methods: Sequence[str],
+                    seeds: Sequence[int], sets: Sequence[str],
+                    figure_images: int = 4) -> Dict[str, Any]:
+  """Trains every missing (method, seed) run, then writes the tables."""
+  runs = {m: {} for m in methods}
+  for seed in seeds:  # seeds outermost: a partial table covers every method
+    for method in methods:
+      directory = run_dir(workdir, method, seed)
+      result = finished(directory)
+      if result is not None:
+        logging.info("%s seed %d: finished earlier, skipped.", method, seed)
+        with open(os.path.join(directory, RUN_FILE)) as f:
+          run = json.load(f)
+      else:
+        command = launch_command(config, method, seed, directory, sets)
+        logging.info("%s seed %d: %s", method, seed, " ".join(command))
+        run = run_one(command, directory)
+        result = finished(directory)
+        if result is None:
+          logging.error("%s seed %d failed (exit code %d); its output is in "
+                        "%s/log.txt.", method, seed, run["returncode"],
+                        directory)
+      runs[method][seed] = dict(result=result, **run)
+  summary = summarize(runs)
+  command = " ".join([os.path.basename(sys.executable), "-m",
+                      "crdoco_jax.experiments"] + sys.argv[1:])
+  summary.update(config=config, overrides=list(sets), command=command)
+  with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+    json.dump(summary, f, indent=1)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(markdown(summary, command))
+  if figure_images > 0 and ("source_only" in methods and "crdoco" in methods):
+    grid = figure(config, sets, workdir, seeds[0], figure_images)
+    if grid is not None:
+      from crdoco_jax import visualize  # pylint: disable=g-import-not-at-top
+      visualize.save_png(os.path.join(workdir, "figure.png"), grid)
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  sets = overrides(_SET.value, _SOURCE_DIR.value, _TARGET_DIR.value)
+  summary = run_experiments(_CONFIG.value, _WORKDIR.value, _METHODS.value,
+                            [int(s) for s in _SEEDS.value], sets,
+                            _FIGURE_IMAGES.value)
+  with open(os.path.join(_WORKDIR.value, "results.md")) as f:
+    print(f.read())
+  failed = sum(len(e["failed_seeds"]) for e in summary["methods"].values())
+  if failed:
+    sys.exit(f"{failed} run(s) failed; see results.md.")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,123 @@
+"""The experiment runner: methods x seeds as processes, tables, figure."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crdoco_jax import experiments
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(workdir, methods, seeds, sets, *extra):
+  command = [sys.executable, "-m", "crdoco_jax.experiments",
+             "--config=configs/seg.py:tiny", f"--workdir={workdir}",
+             f"--methods={methods}", f"--seeds={seeds}"]
+  command += [f"--set={s}" for s in sets] + list(extra)
+  return subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                        timeout=900, stdin=subprocess.DEVNULL)
+
+
+def test_summarize_gap_and_statistics():
+  run = lambda miou, wall=60.0: dict(
+      result=dict(target_miou=miou, per_class_iou={"a": miou, "b": 0.0}),
+      wall_seconds=wall, returncode=0)
+  failed = dict(result=None, wall_seconds=5.0, returncode=1)
+  summary = experiments.summarize({
+      "source_only": {0: run(10.0), 1: run(20.0)},
+      "crdoco": {0: run(40.0), 1: run(30.0), 2: failed},
+      "oracle": {0: run(65.0), 1: run(75.0)}})
+  m = summary["methods"]
+  assert summary["metric"] == "target_miou"
+  assert m["crdoco"]["metric"]["mean"] == pytest.approx(35.0)
+  assert m["crdoco"]["metric"]["std"] == pytest.approx(np.std([40, 30],
+                                                              ddof=1))
+  assert m["crdoco"]["failed_seeds"] == [2]
+  # (35 - 15) / (70 - 15)
+  assert m["crdoco"]["gap_closed"] == pytest.approx(20 / 55)
+  assert m["source_only"]["gap_closed"] == 0.0
+  assert m["oracle"]["gap_closed"] == 1.0
+  assert m["crdoco"]["per_class_iou"]["a"] == pytest.approx(35.0)
+  table = experiments.markdown(summary, "cmd")
+  assert "| crdoco | 35.00 ± 7.07 | 2 |" in table
+  assert "crdoco seed 2" in table
+
+
+def test_overrides_reject_malformed_set():
+  with pytest.raises(ValueError, match="train.num_steps"):
+    experiments.overrides(["train.num_steps"])
+  assert experiments.overrides([], "/a", None)[:2] == [
+      "source.name=folder", "source.dir=/a"]
+
+
+def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
+  workdir = str(tmp_path / "table")
+  sets = [f"data.tfds_data_dir={tfds_dir}"]
+  proc = _run(workdir, "source_only,crdoco,no_such_method", "3", sets,
+              "--figure_images=2")
+  # The unknown method fails on its own; the others finish.
+  assert proc.returncode != 0, proc.stdout + proc.stderr
+  with open(os.path.join(workdir, "results.json")) as f:
+    summary = json.load(f)
+  methods = summary["methods"]
+  assert methods["no_such_method"]["failed_seeds"] == [3]
+  log = os.path.join(workdir, "no_such_method", "seed_3", "log.txt")
+  assert "no_such_method" in open(log).read()
+  for method in ("source_only", "crdoco"):
+    with open(os.path.join(workdir, method, "seed_3", "results.json")) as f:
+      result = json.load(f)
+    assert result["method"] == method
+    assert methods[method]["per_seed"] == {"3": result["target_miou"]}
+    assert 0.0 <= result["target_miou"] <= 100.0
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert "| crdoco |" in table and "no_such_method seed 3" in table
+  figure = np.asarray(Image.open(os.path.join(workdir, "figure.png")))
+  # 2 target images x 5 panels of 32 x 32 with 2-pixel padding.
+  assert figure.shape == (2 * 32 + 3 * 2, 5 * 32 + 6 * 2, 3)
+
+  run_file = os.path.join(workdir, "crdoco", "seed_3", "run.json")
+  before = os.stat(run_file).st_mtime_ns
+  proc = _run(workdir, "source_only,crdoco", "3", sets, "--figure_images=0")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert os.stat(run_file).st_mtime_ns == before  # not run again
+  assert "finished earlier" in proc.stderr
+
+
+def _folder_domain(root, seed, num_classes=8, size=32, n=4):
+  """A folder domain: random images, blocky labels."""
+  rng = np.random.default_rng(seed)
+  for split in ("train", "val"):
+    for sub in ("images", "labels"):
+      os.makedirs(os.path.join(root, split, sub))
+    for i in range(n):
+      label = np.kron(rng.integers(0, num_classes, (4, 4)),
+                      np.ones((size // 4, size // 4))).astype(np.uint8)
+      image = (rng.integers(0, 256, (size, size, 3)) // 2
+               + 16 * label[..., None]).astype(np.uint8)
+      Image.fromarray(image).save(os.path.join(root, split, "images",
+                                               f"{i}.png"))
+      Image.fromarray(label).save(os.path.join(root, split, "labels",
+                                               f"{i}.png"))
+  return root
+
+
+def test_runner_on_two_folder_domains(tmp_path):
+  source = _folder_domain(str(tmp_path / "a"), 0)
+  target = _folder_domain(str(tmp_path / "b"), 1)
+  workdir = str(tmp_path / "table")
+  proc = _run(workdir, "source_only,oracle", "0", [],
+              f"--source_dir={source}", f"--target_dir={target}")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  with open(os.path.join(workdir, "results.json")) as f:
+    summary = json.load(f)
+  methods = summary["methods"]
+  assert methods["source_only"]["gap_closed"] == 0.0
+  assert methods["oracle"]["gap_closed"] == 1.0
+  with open(os.path.join(workdir, "oracle", "seed_0", "config.json")) as f:
+    config = json.load(f)
+  assert config["target.name"] == "folder"
+  assert config["target.dir"] == target
