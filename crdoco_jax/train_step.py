@@ -159,8 +159,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         _per_head(task.supervised, heads, w.aux.task, out_s, labels)
         + _per_head(task.supervised, heads, w.aux.task, out_st, labels))
     if w.consistency > 0:
-      terms["consistency"] = _per_head(task.consistency, heads,
-                                       w.aux.consistency, out_t, out_ts)
+      # 'target_net': F_S's view is a fixed target that only F_T moves to.
+      fixed = lambda out, net: (jax.lax.stop_gradient(out)
+                                if w.consistency_grad == net else out)
+      terms["consistency"] = _per_head(
+          task.consistency, heads, w.aux.consistency,
+          fixed(out_t, "source_net"), fixed(out_ts, "target_net"))
     if w.feat_adv > 0:
       p_st, p_ts = d_view(out_st), d_view(out_ts)
       D_feat = lambda h, x, domain: nets.d_feat.apply(
