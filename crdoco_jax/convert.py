@@ -263,7 +263,7 @@ def convert_task_net(state_dict: Mapping[str, Any], kind: str,
                      heads: bool = True) -> Tuple[Variables, Dict[str, Any]]:
   """A DeepLab-v2 / ImageNet ResNet state dict -> ``({'params',
   'batch_stats'}, info)`` of ONE task net, keyed by unit (``stem``,
-  ``layer1``..``layer4``, ``heads`` when present and ``heads``).
+  ``layer1``..``layer4``, and ``heads`` when the checkpoint has them).
 
   Args:
     state_dict: ``{torch key: array}`` (``kind`` in ``TASK_KINDS``).
