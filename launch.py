@@ -13,7 +13,8 @@ r"""Entry point: ``python launch.py --config=configs/seg.py --workdir=DIR``.
 
 Multi-process (one process per host): on TPU pods and SLURM pass
 ``--distributed`` and JAX finds its peers; elsewhere give
-``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``
+(README, "Reliability and determinism", has a two-process example).
 """
 import logging as std_logging
 
@@ -44,6 +45,10 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
+_COORDINATOR_BIND = flags.DEFINE_string(
+    "coordinator_bind_address", None, "HOST:PORT process 0's coordinator "
+    "listens on (default: all interfaces, the port of --coordinator_address); "
+    "e.g. 127.0.0.1:PORT for processes on one machine.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -88,8 +93,9 @@ def main(argv):
   # GPU and TPU backends use their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if _COORDINATOR.value is not None:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                               _PROCESS_ID.value)
+    jax.distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+        coordinator_bind_address=_COORDINATOR_BIND.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, local devices %s, %d global devices",

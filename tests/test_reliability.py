@@ -59,6 +59,8 @@ def test_injected_nan_is_caught_in_both_modes(tiny_config, tmp_path,
   if mode == "stop":
     with pytest.raises(train.NonFiniteLossError, match=r"step 2 .*loss_"):
       train.train_and_evaluate(config, workdir)
+    # The preemption handlers are gone with the error.
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     # The checkpoint of step 2 (before the bad step) is the newest kept.
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
   else:
