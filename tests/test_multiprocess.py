@@ -180,7 +180,9 @@ def test_two_processes_match_one_process(tfds_dir, tmp_path):
   assert int(state_multi.step) == int(state_ref.step) == STEPS
   assert int(state_multi.nonfinite_steps) == 0
   # Updates compared leaf by leaf as a whole (single elements of BN-bias
-  # updates are sums with heavy cancellation), as in test_train.py.
+  # updates are sums with heavy cancellation), as in test_train.py. Seen:
+  # 6e-6 for the worst leaf, 2e-7 for all, most leaves bit-equal; reading
+  # the wrong shards would change the updates at order 1.
   diff = norm = 0.0
   for (path, a), (_, b), (_, a0) in zip(tree(state_multi), tree(state_ref),
                                         tree(init)):
@@ -188,10 +190,10 @@ def test_two_processes_match_one_process(tfds_dir, tmp_path):
               for x in (a, b))
     if np.linalg.norm(db) > 1e-5:
       err = np.linalg.norm(da - db) / np.linalg.norm(db)
-      assert err < 5e-2, (jax.tree_util.keystr(path), err)
+      assert err < 1e-3, (jax.tree_util.keystr(path), err)
     diff, norm = diff + np.sum((da - db) ** 2), norm + np.sum(db ** 2)
   assert norm > 0
-  assert np.sqrt(diff / norm) < 1e-3, np.sqrt(diff / norm)
+  assert np.sqrt(diff / norm) < 1e-5, np.sqrt(diff / norm)
 
   # Only process 0 writes logs (one TensorBoard file, named after its pid),
   # images and results.
