@@ -9,6 +9,9 @@ tfds datasets are prepared first if needed (which checks their files), then
 every image must be ``uint8 [H, W, 3]`` with a label of the same size holding
 class ids ``< num_classes`` or 255. Errors name the file (folder domains) or
 the example id (the file stem, tfds datasets). Prints counts per split.
+Depth and flow configs (``configs/depth.py``, ``configs/flow.py``) read
+and decode every example instead (second frames, label sizes and channels,
+16-bit depth PNGs, .flo / KITTI flow files, NaN/Inf).
 """
 from typing import Dict
 
@@ -18,7 +21,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from crdoco_jax.data import input_pipeline
+from crdoco_jax.data import dense, input_pipeline
 from crdoco_jax.data.labels import IGNORE
 
 
@@ -59,6 +62,29 @@ def check_domain(domain_cfg: ml_collections.ConfigDict, split: str,
           "histogram": counts[:num_classes].tolist()}
 
 
+def check_dense_domain(domain_cfg: ml_collections.ConfigDict, split: str,
+                       tfds_data_dir: str, task: str) -> Dict[str, object]:
+  """Depth / flow: reads and decodes all of ``split`` (the file readers
+  check bit depth, size, channels, NaN/Inf, second frames); returns
+  ``{'images', 'labelled', 'valid_fraction' (of labelled pixels)}``."""
+  source = input_pipeline.open_source(domain_cfg, split, tfds_data_dir,
+                                      task=task)
+  labelled, valid, pixels = 0, 0, 0
+  for i in range(len(source)):
+    example = source[i]
+    size = np.asarray(example["image"]).shape[:2]
+    try:
+      out = dense.decode_dense_example(example, size, False, task)
+    except ValueError as e:
+      raise ValueError(f"{domain_cfg.name} {split} example {i}: {e}") from e
+    if example.get("label") is not None:
+      labelled += 1
+      valid += int(out["valid"].sum())
+      pixels += out["valid"].size
+  return {"images": len(source), "labelled": labelled,
+          "valid_fraction": valid / pixels if pixels else 0.0}
+
+
 def _summary(role: str, domain: ml_collections.ConfigDict, split: str,
              stats: Dict[str, object], class_names) -> str:
   hist = np.asarray(stats["histogram"], np.float64)
@@ -81,7 +107,12 @@ def main(argv):
             ("target", config.target, config.target.train_split),
             ("target", config.target, config.target.eval_split)]
   for role, domain, split in checks:
-    if split:
+    if split and config.task != "segmentation":
+      stats = check_dense_domain(domain, split, root, config.task)
+      print(f"{role} {domain.name} {split}: {stats['images']} examples, "
+            f"{stats['labelled']} labelled, {stats['valid_fraction']:.1%} "
+            f"of their pixels with valid {config.task}")
+    elif split:
       stats = check_domain(domain, split, root, config.data.num_classes)
       print(_summary(role, domain, split, stats, config.data.class_names))
   print("All checked splits are readable and valid.")
