@@ -81,14 +81,106 @@ def count_params(params: Any) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
 
+WGRAD = ("xla", "matmul")
+
+
 def conv(features: int, kernel: int, stride: int = 1, padding: Any = 0,
          dilation: int = 1, use_bias: bool = True, kernel_init=gan_init,
-         dtype: Dtype = jnp.float32, name: str = None) -> nn.Conv:
-  """``nn.Conv`` with PyTorch-style integer padding (symmetric)."""
+         dtype: Dtype = jnp.float32, name: str = None,
+         wgrad: str = "xla") -> nn.Conv:
+  """``nn.Conv`` with PyTorch-style integer padding (symmetric).
+
+  ``wgrad='matmul'`` computes the kernel gradient as one matmul over im2col
+  windows (``conv_general_dilated_matmul_wgrad``) instead of XLA's
+  kernel-gradient convolution: same function, same gradients to float
+  tolerance; an opt-in for XLA:CPU.
+  """
+  if wgrad not in WGRAD:
+    raise ValueError(f"wgrad must be one of {WGRAD}, got {wgrad!r}")
   if isinstance(padding, int):
     padding = ((padding, padding), (padding, padding))
+  impl = conv_general_dilated_matmul_wgrad if wgrad == "matmul" else None
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=padding, kernel_dilation=(dilation, dilation),
                  use_bias=use_bias, kernel_init=kernel_init,
-                 bias_init=nn.initializers.zeros, dtype=dtype, name=name)
+                 bias_init=nn.initializers.zeros, dtype=dtype, name=name,
+                 conv_general_dilated=impl)
 
+
+
+def _conv_nhwc(x, kernel, strides, padding, dilation):
+  return jax.lax.conv_general_dilated(
+      x, kernel, strides, padding, rhs_dilation=dilation,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_matmul_wgrad(x, kernel, strides, padding, dilation):
+  return _conv_nhwc(x, kernel, strides, padding, dilation)
+
+
+def _conv_matmul_wgrad_fwd(x, kernel, strides, padding, dilation):
+  return _conv_nhwc(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _conv_matmul_wgrad_bwd(strides, padding, dilation, res, g):
+  x, kernel = res
+  _, input_vjp = jax.vjp(
+      lambda x_: _conv_nhwc(x_, kernel, strides, padding, dilation), x)
+  (dx,) = input_vjp(g)
+  # dW[i, j, c, o] = sum_{n,h,w} x_pad[n, h*s + i*d, w*s + j*d, c] g[n,h,w,o]:
+  # the kh*kw strided windows of the padded input side by side on the
+  # channel axis (im2col) times the output gradient, one matmul.
+  kh, kw, cin, cout = kernel.shape
+  n, ho, wo, _ = g.shape
+  x_pad = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  (sh, sw), (dh, dw) = strides, dilation
+  cols = [jax.lax.slice(x_pad, (0, i * dh, j * dw, 0),
+                        (n, i * dh + (ho - 1) * sh + 1,
+                         j * dw + (wo - 1) * sw + 1, cin), (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+  cols = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  dk = jax.lax.dot_general(
+      cols.reshape(-1, kh * kw * cin), g.reshape(-1, cout),
+      (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_conv_matmul_wgrad.defvjp(_conv_matmul_wgrad_fwd, _conv_matmul_wgrad_bwd)
+
+
+def conv_general_dilated_matmul_wgrad(
+    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+    dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+    precision=None, preferred_element_type=None):
+  """``lax.conv_general_dilated`` (the subset ``nn.Conv`` uses on NHWC
+  inputs) whose kernel gradient is one matmul over im2col windows.
+
+  The same function and the same gradients (up to float summation order);
+  XLA:CPU computes its own kernel-gradient convolutions several times slower
+  than the forward pass. Costs a ``kh*kw``-times copy of the input in the
+  backward pass. Anything it does not cover goes to ``lax``.
+  """
+  spatial = lhs.ndim - 2
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                        ("NHWC", "HWIO", "NHWC"))
+  dn = (jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                       dimension_numbers)
+        if dimension_numbers is not None else None)
+  plain = (spatial == 2 and dn == nhwc and feature_group_count == 1
+           and batch_group_count == 1 and precision is None
+           and preferred_element_type is None
+           and (lhs_dilation is None or all(d == 1 for d in lhs_dilation)))
+  if not plain:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+        dimension_numbers, feature_group_count, batch_group_count, precision,
+        preferred_element_type)
+  dilation = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * spatial
+  if isinstance(padding, str):
+    dilated = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation)]
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], dilated,
+                                      window_strides, padding)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _conv_matmul_wgrad(lhs, rhs, tuple(window_strides), padding,
+                            dilation)
