@@ -5,6 +5,17 @@ r"""Times the full pmapped CrDoCo train step; prints one JSON line.
       --batch 1 --gen-blocks 6 --ngf 32              # demo-like sizes
   python benchmarks/step_time.py --vs-torch          # also run the PyTorch
                                                      # reference, print ratio
+  python benchmarks/step_time.py --preset paper --compile-only \
+      --share-encoder --share-last 2 --remat        # memory at paper sizes
+
+``--preset`` picks the sizes: ``torch`` (default) the reference's defaults,
+``paper`` configs/seg.py's GTA5 -> Cityscapes setting (720x1280 source,
+512x1024 target, DeepLab-v2 ResNet-101 multi-level, ngf 64 / 9 blocks,
+batch 1), ``demo`` configs/seg.py:demo (64x64, batch 2, ResNet-18 width 32,
+ngf 16 / 3 blocks, discriminators ndf 16, demo recipe); explicit flags
+override the preset. ``--compile-only`` builds the state abstractly
+(jax.eval_shape), compiles and reports cost and memory analysis without
+running a step.
 
 Architecture flags mirror ../shared/bench/torch_crdoco_step.py (single-level
 DeepLab-v2, one source and one target batch of ``--batch`` images, the same
@@ -29,16 +40,44 @@ TORCH_REFERENCE = os.environ.get("CRDOCO_TORCH_REFERENCE", os.path.join(
     "torch_crdoco_step.py"))
 
 
+# Sizes of each preset; flags given explicitly override them.
+PRESETS = dict(
+    torch=dict(config="", source_size=(128, 128), target_size=(128, 128),
+               batch=2, ngf=64, gen_blocks=9, task_net="resnet50", width=64,
+               num_classes=19, multi_level=False, disc_ndf=64),
+    paper=dict(config="", source_size=(720, 1280), target_size=(512, 1024),
+               batch=1, ngf=64, gen_blocks=9, task_net="resnet101", width=64,
+               num_classes=19, multi_level=True, disc_ndf=64),
+    demo=dict(config="demo", source_size=(64, 64), target_size=(64, 64),
+              batch=2, ngf=16, gen_blocks=3, task_net="resnet18", width=32,
+              num_classes=7, multi_level=False, disc_ndf=16),
+)
+
+
+def _size(text):
+  """'128' -> (128, 128); '720x1280' -> (720, 1280) (height x width)."""
+  hw = tuple(int(v) for v in text.lower().split("x"))
+  return hw * 2 if len(hw) == 1 else hw
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--image-size", type=int, default=128)
-  p.add_argument("--batch", type=int, default=2, help="per device")
-  p.add_argument("--ngf", type=int, default=64)
-  p.add_argument("--gen-blocks", type=int, default=9)
-  p.add_argument("--task-net", default="resnet50",
+  p.add_argument("--preset", default="torch", choices=sorted(PRESETS))
+  p.add_argument("--image-size", type=_size, default=None,
+                 help="source and target size: S or HxW")
+  p.add_argument("--source-size", type=_size, default=None)
+  p.add_argument("--target-size", type=_size, default=None)
+  p.add_argument("--batch", type=int, default=None, help="per device")
+  p.add_argument("--ngf", type=int, default=None)
+  p.add_argument("--gen-blocks", type=int, default=None)
+  p.add_argument("--task-net", default=None,
                  choices=["resnet18", "resnet34", "resnet50", "resnet101"])
-  p.add_argument("--num-classes", type=int, default=19)
-  p.add_argument("--multi-level", action="store_true")
+  p.add_argument("--width", type=int, default=None,
+                 help="task-net stem channels (64: standard ResNets)")
+  p.add_argument("--disc-ndf", type=int, default=None,
+                 help="image and output-space discriminator width")
+  p.add_argument("--num-classes", type=int, default=None)
+  p.add_argument("--multi-level", action="store_true", default=None)
   p.add_argument("--dtype", default="float32",
                  choices=["float32", "bfloat16"])
   p.add_argument("--remat", action="store_true")
@@ -49,29 +88,67 @@ def parse_args(argv=None):
                  help="local devices to pmap over")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=1)
+  p.add_argument("--compile-only", action="store_true",
+                 help="compile and analyse only; no step is run")
+  p.add_argument("--dump-hlo", default="",
+                 help="write the optimised HLO of the step to this file")
   p.add_argument("--vs-torch", action="store_true")
   p.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"])
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.image_size is not None:
+    args.source_size = args.source_size or args.image_size
+    args.target_size = args.target_size or args.image_size
+  for k, v in PRESETS[args.preset].items():
+    if getattr(args, k, None) is None:
+      setattr(args, k, v)
+  if args.vs_torch and (args.source_size != args.target_size
+                        or args.source_size[0] != args.source_size[1]
+                        or args.width != 64 or args.disc_ndf != 64
+                        or args.multi_level or args.config):
+    p.error("--vs-torch needs the reference's architecture: square equal "
+            "sizes, width 64, disc ndf 64, single level, --preset torch.")
+  if args.vs_torch and args.compile_only:
+    p.error("--vs-torch times steps; drop --compile-only.")
+  return args
 
 
 def make_config(args):
   from configs import seg  # pylint: disable=g-import-not-at-top
-  c = seg.get_config()
-  c.data.num_classes = args.num_classes
-  c.data.class_names = tuple(str(i) for i in range(args.num_classes))
+  c = seg.get_config(args.config)
+  if args.num_classes != c.data.num_classes:
+    c.data.num_classes = args.num_classes
+    c.data.class_names = tuple(str(i) for i in range(args.num_classes))
   c.data.per_device_batch = args.batch
-  c.source.image_size = c.target.image_size = (args.image_size,) * 2
+  c.source.image_size = tuple(args.source_size)
+  c.target.image_size = tuple(args.target_size)
   c.translator.update(ngf=args.ngf, n_blocks=args.gen_blocks,
                       share_encoder=args.share_encoder, remat=args.remat,
                       frozen=args.frozen_translator)
   c.task_net.update(arch=args.task_net, multi_level=args.multi_level,
-                    share_last=args.share_last, remat=args.remat)
-  c.optim.task_net.head_lr_mult = 1.0  # the reference uses one rate
+                    share_last=args.share_last, remat=args.remat,
+                    width=args.width)
+  c.disc.update(img_ndf=args.disc_ndf, feat_ndf=args.disc_ndf)
+  if args.preset == "torch":
+    c.optim.task_net.head_lr_mult = 1.0  # the reference uses one rate
   c.compute.dtype = args.dtype
   return c
 
 
-def run_jax(args):
+def memory_summary(compiled):
+  """Byte sizes of the compiled executable's memory analysis, and its peak:
+  arguments + outputs + temporaries - outputs aliased to (donated) inputs."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return {}, None
+  fields = ("argument", "output", "temp", "alias", "generated_code")
+  sizes = {f"{f}_bytes": int(getattr(mem, f"{f}_size_in_bytes"))
+           for f in fields}
+  peak = (sizes["argument_bytes"] + sizes["output_bytes"]
+          + sizes["temp_bytes"] - sizes["alias_bytes"])
+  return sizes, peak
+
+
+def run_jax(args, return_compiled=False):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from crdoco_jax import models, parallel  # pylint: disable=g-import-not-at-top
@@ -82,36 +159,68 @@ def run_jax(args):
   jax.config.update("jax_threefry_partitionable",
                     config.compute.threefry_partitionable)
   devices = jax.local_devices()[:args.devices]
-  n, b, s, c = len(devices), args.batch, args.image_size, args.num_classes
-  host_state = state_lib.create_train_state(
+  n, b, c = len(devices), args.batch, args.num_classes
+  (hs, ws), (ht, wt) = args.source_size, args.target_size
+  init = lambda: state_lib.create_train_state(
       config, models.build_networks(config), jax.random.PRNGKey(0))
-  counts = state_lib.parameter_counts(host_state)
-  rng = np.random.default_rng(0)
-  labels = rng.integers(0, c, (n, b, s, s)).astype(np.int32)
-  labels[rng.random(labels.shape) < 0.1] = 255
-  batch = dict(
-      source_image=rng.uniform(-1, 1, (n, b, s, s, 3)).astype(np.float32),
-      target_image=rng.uniform(-1, 1, (n, b, s, s, 3)).astype(np.float32),
-      source_label=labels)
   nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
   p_step = jax.pmap(train_step.make_train_step(config, nets),
                     axis_name=parallel.AXIS, devices=devices,
                     donate_argnums=(0,))
-  state = parallel.shard(jax.tree_util.tree_map(
-      lambda x: np.stack([np.asarray(x)] * n), host_state), devices=devices)
-  batch = parallel.shard(batch, devices=devices)
+  sharding = parallel.device_sharding(devices=devices)
+  if args.compile_only:
+    # Nothing is initialised or run: shapes only.
+    host_state = jax.eval_shape(init)
+    state = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype,
+                                       sharding=sharding), host_state)
+    f32 = lambda *shape: jax.ShapeDtypeStruct((n,) + shape, np.float32,
+                                              sharding=sharding)
+    batch = dict(source_image=f32(b, hs, ws, 3), target_image=f32(b, ht, wt, 3),
+                 source_label=jax.ShapeDtypeStruct((n, b, hs, ws), np.int32,
+                                                   sharding=sharding))
+  else:
+    host_state = init()
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, c, (n, b, hs, ws)).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.1] = 255
+    batch = dict(
+        source_image=rng.uniform(-1, 1, (n, b, hs, ws, 3)).astype(np.float32),
+        target_image=rng.uniform(-1, 1, (n, b, ht, wt, 3)).astype(np.float32),
+        source_label=labels)
+    state = parallel.shard(jax.tree_util.tree_map(
+        lambda x: np.stack([np.asarray(x)] * n), host_state), devices=devices)
+    batch = parallel.shard(batch, devices=devices)
+  counts = state_lib.parameter_counts(host_state)
 
   t0 = time.perf_counter()
-  compiled = p_step.lower(state, batch).compile()
+  lowered = p_step.lower(state, batch)
+  lower_s = time.perf_counter() - t0
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
+  if args.dump_hlo:
+    with open(args.dump_hlo, "w") as f:
+      f.write(compiled.as_text())
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  mem = compiled.memory_analysis()
-  peak_compiled = None
-  if mem is not None:
-    peak_compiled = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                     + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+  mem_sizes, peak_compiled = memory_summary(compiled)
+
+  result = dict(
+      impl="jax", jax_version=jax.__version__,
+      device=devices[0].device_kind, platform=devices[0].platform,
+      devices=n, preset=args.preset, source_size=[hs, ws],
+      target_size=[ht, wt], image_size=hs if (hs, ws) == (ht, wt) == (hs, hs)
+      else None, batch=b, ngf=args.ngf, gen_blocks=args.gen_blocks,
+      task_net=args.task_net, width=args.width, multi_level=args.multi_level,
+      disc_ndf=args.disc_ndf, num_classes=c, dtype=args.dtype,
+      remat=args.remat, share_encoder=args.share_encoder,
+      share_last=args.share_last, frozen_translator=args.frozen_translator,
+      params=counts, params_total=sum(counts.values()),
+      lower_s=lower_s, compile_s=compile_s, flops_per_step=flops,
+      peak_bytes_compiled=peak_compiled, memory_analysis=mem_sizes)
+  if args.compile_only:
+    return result
 
   times = []
   for i in range(args.warmup + args.steps):
@@ -124,25 +233,18 @@ def run_jax(args):
     assert all(np.isfinite(list(losses.values()))), losses
   median = statistics.median(times)
   stats = devices[0].memory_stats() or {}
-  return dict(
-      impl="jax", jax_version=jax.__version__,
-      device=devices[0].device_kind, platform=devices[0].platform,
-      devices=n, image_size=s, batch=b, ngf=args.ngf,
-      gen_blocks=args.gen_blocks, task_net=args.task_net, num_classes=c,
-      dtype=args.dtype, remat=args.remat, share_encoder=args.share_encoder,
-      share_last=args.share_last, frozen_translator=args.frozen_translator,
-      params=counts, params_total=sum(counts.values()),
-      compile_s=compile_s, step_seconds=times, median_step_s=median,
-      images_per_s=2 * b * n / median,
-      flops_per_step=flops, flops_per_s=flops / median,
-      peak_bytes_compiled=peak_compiled,
-      peak_bytes_in_use=stats.get("peak_bytes_in_use"),
-      last_losses=losses)
+  result.update(
+      step_seconds=times, median_step_s=median,
+      images_per_s=2 * b * n / median, flops_per_s=flops / median,
+      peak_bytes_in_use=stats.get("peak_bytes_in_use"), last_losses=losses)
+  if return_compiled:
+    return result, (compiled, state, batch)
+  return result
 
 
 def run_torch(args):
   cmd = [sys.executable, TORCH_REFERENCE, "--json",
-         "--image-size", str(args.image_size), "--batch",
+         "--image-size", str(args.source_size[0]), "--batch",
          str(args.batch * args.devices), "--ngf", str(args.ngf),
          "--gen-blocks", str(args.gen_blocks), "--task-net", args.task_net,
          "--num-classes", str(args.num_classes), "--steps", str(args.steps),
