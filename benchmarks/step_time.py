@@ -84,6 +84,8 @@ def parse_args(argv=None):
   p.add_argument("--share-encoder", action="store_true")
   p.add_argument("--share-last", type=int, default=0)
   p.add_argument("--frozen-translator", action="store_true")
+  p.add_argument("--subpixel", action="store_true",
+                 help="translator upsampling as four stride-1 convs")
   p.add_argument("--devices", type=int, default=1,
                  help="local devices to pmap over")
   p.add_argument("--steps", type=int, default=5)
@@ -123,7 +125,7 @@ def make_config(args):
   c.target.image_size = tuple(args.target_size)
   c.translator.update(ngf=args.ngf, n_blocks=args.gen_blocks,
                       share_encoder=args.share_encoder, remat=args.remat,
-                      frozen=args.frozen_translator)
+                      frozen=args.frozen_translator, subpixel=args.subpixel)
   c.task_net.update(arch=args.task_net, multi_level=args.multi_level,
                     share_last=args.share_last, remat=args.remat,
                     width=args.width)
@@ -216,7 +218,7 @@ def run_jax(args, return_compiled=False):
       disc_ndf=args.disc_ndf, num_classes=c, dtype=args.dtype,
       remat=args.remat, share_encoder=args.share_encoder,
       share_last=args.share_last, frozen_translator=args.frozen_translator,
-      params=counts, params_total=sum(counts.values()),
+      subpixel=args.subpixel, params=counts, params_total=sum(counts.values()),
       lower_s=lower_s, compile_s=compile_s, flops_per_step=flops,
       peak_bytes_compiled=peak_compiled, memory_analysis=mem_sizes)
   if args.compile_only:

@@ -55,3 +55,35 @@ def test_matmul_wgrad_second_use_and_bf16():
 def test_unknown_wgrad_is_an_error():
   with pytest.raises(ValueError, match="wgrad"):
     layers.conv(4, 3, wgrad="fast")
+
+
+@pytest.mark.parametrize("share_encoder", [False, True])
+def test_subpixel_upsampling_matches_conv_transpose(share_encoder):
+  """Same parameter tree, same outputs and gradients to float tolerance."""
+  from crdoco_jax.models import translator  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.uniform(-1, 1, (2, 12, 8, 3)), jnp.float32)
+  make = lambda subpixel: translator.TranslatorPair(
+      ngf=4, n_blocks=1, share_encoder=share_encoder, subpixel=subpixel)
+  params = make(False).init(jax.random.PRNGKey(0), x)
+  # Non-zero biases, so that they are checked too.
+  params = jax.tree_util.tree_map(
+      lambda p: p + 0.1 * jnp.asarray(rng.normal(size=p.shape), p.dtype),
+      params)
+  assert (jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      make(True).init(jax.random.PRNGKey(0), x)))
+  target = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  loss = lambda sub: lambda p, x: jnp.sum(
+      make(sub).apply(p, x, "S2T") * target)
+  for direction in ("S2T", "T2S"):
+    np.testing.assert_allclose(make(True).apply(params, x, direction),
+                               make(False).apply(params, x, direction),
+                               rtol=1e-5, atol=1e-5)
+  ref = jax.grad(loss(False), (0, 1))(params, x)
+  new = jax.grad(loss(True), (0, 1))(params, x)
+  # Biases before an instance norm have a gradient of exactly zero in exact
+  # arithmetic, rounding noise here: tolerance relative to the largest.
+  scale = max(float(np.max(np.abs(a))) for a in jax.tree_util.tree_leaves(ref))
+  for a, b in zip(jax.tree_util.tree_leaves(ref),
+                  jax.tree_util.tree_leaves(new)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * scale)

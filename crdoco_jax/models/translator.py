@@ -37,6 +37,45 @@ class ResidualBlock(nn.Module):
     return x + y
 
 
+class SubpixelConvTranspose(nn.Module):
+  """PyTorch ``ConvTranspose2d(k=3, s=2, p=1, output_padding=1)`` (what
+  ``nn.ConvTranspose`` with padding ((1, 2), (1, 2)) computes, same
+  ``kernel``/``bias`` parameters) as four small stride-1 convolutions on the
+  input, one per output phase, interleaved: output pixel (2u+a, 2v+b) sums
+  the taps of kernel rows {1} (a=0) or {0, 2} (a=1), likewise columns.
+
+  The same sums without the zeros of the dilated input; XLA:CPU runs a
+  transposed convolution's forward pass and kernel gradient through its
+  slow generic convolution, these four through its fast one.
+  """
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", layers.gan_init,
+                        (3, 3, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,),
+                      jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    n, h, w, _ = x.shape
+    x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # x[h] = x[w] = 0
+    taps = ((1,), (0, 2))  # kernel rows (columns) of output phase 0 and 1
+    rows = []
+    for a in (0, 1):
+      cols = []
+      for b in (0, 1):
+        k = kernel[jnp.array(taps[a])][:, jnp.array(taps[b])]
+        y = jax.lax.conv_general_dilated(
+            x[:, :h + a, :w + b], k, (1, 1), "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        cols.append(y)
+      rows.append(jnp.stack(cols, axis=3))  # [n, h, w, 2(b), c]
+    y = jnp.stack(rows, axis=2)  # [n, h, 2(a), w, 2(b), c]
+    return y.reshape(n, 2 * h, 2 * w, self.features) + bias
+
+
 class Encoder(nn.Module):
   """Stem + two stride-2 downsamples + ``n_blocks`` residual blocks.
 
@@ -71,18 +110,25 @@ class Decoder(nn.Module):
   n_blocks: int = 9
   remat: bool = False
   dtype: Any = jnp.float32
+  subpixel: bool = False  # SubpixelConvTranspose: same maths, same params
 
   @nn.compact
   def __call__(self, x):
     block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
     for _ in range(self.n_blocks):
       x = block(dtype=self.dtype)(x)
-    for mult in (2, 1):
+    for i, mult in enumerate((2, 1)):
       # PyTorch ConvTranspose2d(k=3, s=2, p=1, output_padding=1) == exact 2x;
       # in lax.conv_transpose terms: padding (k-1-p, k-1-p+output_padding).
-      x = nn.ConvTranspose(self.ngf * mult, (3, 3), strides=(2, 2),
-                           padding=((1, 2), (1, 2)), kernel_init=layers.gan_init,
-                           bias_init=nn.initializers.zeros, dtype=self.dtype)(x)
+      if self.subpixel:
+        x = SubpixelConvTranspose(self.ngf * mult, self.dtype,
+                                  name=f"ConvTranspose_{i}")(x)
+      else:
+        x = nn.ConvTranspose(self.ngf * mult, (3, 3), strides=(2, 2),
+                             padding=((1, 2), (1, 2)),
+                             kernel_init=layers.gan_init,
+                             bias_init=nn.initializers.zeros,
+                             dtype=self.dtype)(x)
       x = nn.relu(layers.instance_norm(self.dtype)(x))
     x = layers.conv(3, 7, dtype=self.dtype)(layers.reflect_pad(x, 3))
     return jnp.tanh(x.astype(jnp.float32))
@@ -98,13 +144,14 @@ class ResnetGenerator(nn.Module):
   encoder_blocks: int = 0
   remat: bool = False
   dtype: Any = jnp.float32
+  subpixel: bool = False
 
   def setup(self):
     _check_blocks(self.n_blocks, self.encoder_blocks)
     self.encoder = Encoder(self.ngf, self.encoder_blocks, self.remat,
                            self.dtype)
     self.decoder = Decoder(self.ngf, self.n_blocks - self.encoder_blocks,
-                           self.remat, self.dtype)
+                           self.remat, self.dtype, self.subpixel)
 
   def __call__(self, x):
     return self.decoder(self.encoder(x))
@@ -124,6 +171,7 @@ class TranslatorPair(nn.Module):
   encoder_blocks: int = 0
   remat: bool = False
   dtype: Any = jnp.float32
+  subpixel: bool = False  # upsampling by SubpixelConvTranspose
 
   def setup(self):
     _check_blocks(self.n_blocks, self.encoder_blocks)
@@ -131,12 +179,13 @@ class TranslatorPair(nn.Module):
       self.encoder = Encoder(self.ngf, self.encoder_blocks, self.remat,
                              self.dtype)
       dec_blocks = self.n_blocks - self.encoder_blocks
-      self.decoder_S2T = Decoder(self.ngf, dec_blocks, self.remat, self.dtype)
-      self.decoder_T2S = Decoder(self.ngf, dec_blocks, self.remat, self.dtype)
+      dec = lambda: Decoder(self.ngf, dec_blocks, self.remat, self.dtype,
+                            self.subpixel)
+      self.decoder_S2T, self.decoder_T2S = dec(), dec()
     else:
       gen = lambda: ResnetGenerator(self.ngf, self.n_blocks,
                                     self.encoder_blocks, self.remat,
-                                    self.dtype)
+                                    self.dtype, self.subpixel)
       self.G_S2T, self.G_T2S = gen(), gen()
 
   def __call__(self, x: jax.Array, direction: str = None):
