@@ -39,6 +39,7 @@ def _paper(c):
   c.target = dense_base.domain("kitti_flow", "train", "val", (320, 1024))
   c.task_net.update(arch="flownets", width=64)
   c.task_net.levels = 6  # FlowNetS: conv1 .. conv6
+  c.task_net.correlation = 0  # > 0: FlowNetC-style correlation (flownet.py)
   c.loss.regression = "epe"
   c.optim.task_net.update(name="adam", lr=1e-4, b1=0.9, b2=0.999,
                           weight_decay=4e-4, schedule="linear_decay")
@@ -51,7 +52,8 @@ def _chairs(c):
 def _demo(c):
   from crdoco_jax.data import demo_flow  # pylint: disable=g-import-not-at-top
   dense_base.small_networks(c)
-  c.task_net.update(arch="flownets", width=16, levels=4)
+  # FlowNetC-style: from scratch, explicit matching learns in few steps.
+  c.task_net.update(arch="flownets", width=16, levels=4, correlation=3)
   size = (demo_flow.IMAGE_SIZE, demo_flow.IMAGE_SIZE)
   c.source = dense_base.domain(demo_flow.DATASET_NAME, "train", "val", size,
                                "source")

@@ -6,7 +6,7 @@ ellipses and rectangles, each translating on its own, painted back to
 front) and differ only in appearance, as a synthetic -> real flow setting
 (e.g. Sintel / FlyingChairs -> KITTI) does:
 
-* ``source`` ("render"): saturated colours, smooth sinusoid textures, clean,
+* ``source`` ("render"): saturated colours, coarse smooth textures, clean,
   constant lighting between the frames; flow valid everywhere (as Sintel).
 * ``target`` ("real camera"): muted palette, finer textures, a brightness
   change between the frames, blur and sensor noise; flow valid where it
@@ -45,28 +45,34 @@ def _check(value, allowed, what):
 
 class _Texture:
   """Colour as a function of continuous surface coordinates: a base colour
-  plus a few oriented sinusoids (per-channel amplitudes)."""
+  plus value noise (bilinear interpolation of random grids at two cell
+  sizes), so frame 2 can be rendered exactly at moved coordinates and
+  matches are unique (no periodic pattern to alias)."""
 
   def __init__(self, rng: np.random.Generator, domain: str):
     source = domain == "source"
-    if source:  # saturated colours
+    if source:  # saturated colours, coarse smooth blotches
       self.base = rng.uniform(0, 255, 3) * np.array([1.0, 0.9, 1.0])
-    else:  # muted: greys and browns
-      grey = rng.uniform(50, 200)
-      self.base = grey + rng.uniform(-25, 25, 3)
-    n = 4
-    lo, hi = (1 / 16, 1 / 6) if source else (1 / 8, 1 / 3.5)
-    angle = rng.uniform(0, np.pi, n)
-    freq = rng.uniform(lo, hi, n)
-    self.k = 2 * np.pi * freq[:, None] * np.stack([np.cos(angle),
-                                                    np.sin(angle)], 1)
-    self.phase = rng.uniform(0, 2 * np.pi, n)
-    self.amp = rng.uniform(10, 35, (n, 3)) * (1.0 if source else 0.8)
+      self.cells, amp = (4.0, 10.0), (45.0, 25.0)
+    else:  # muted greys and browns, finer grain
+      self.base = rng.uniform(50, 200) + rng.uniform(-25, 25, 3)
+      self.cells, amp = (2.5, 7.0), (30.0, 30.0)
+    n = 48  # grid period n * cell px, far beyond any motion
+    self.grids = [rng.uniform(-a, a, (n, n, 3)) for a in amp]
 
   def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    waves = np.sin(x[..., None] * self.k[:, 0] + y[..., None] * self.k[:, 1]
-                   + self.phase)
-    return self.base + waves @ self.amp
+    colour = np.broadcast_to(self.base, x.shape + (3,)).astype(np.float64)
+    for grid, cell in zip(self.grids, self.cells):
+      n = grid.shape[0]
+      gx, gy = x / cell, y / cell
+      x0, y0 = np.floor(gx), np.floor(gy)
+      fx, fy = (gx - x0)[..., None], (gy - y0)[..., None]
+      x0, y0 = x0.astype(np.int64) % n, y0.astype(np.int64) % n
+      x1, y1 = (x0 + 1) % n, (y0 + 1) % n
+      colour = colour + ((1 - fy) * ((1 - fx) * grid[y0, x0]
+                                     + fx * grid[y0, x1])
+                         + fy * ((1 - fx) * grid[y1, x0] + fx * grid[y1, x1]))
+    return colour
 
 
 def _sample_scene(rng: np.random.Generator, domain: str, size: int):
@@ -123,7 +129,7 @@ def _camera_look(frames: List[np.ndarray], rng: np.random.Generator
   cast = rng.uniform(0.85, 1.15, 3)
   out = []
   for colour in frames:
-    colour = colour * cast * rng.uniform(0.85, 1.15) + rng.uniform(-10, 10)
+    colour = colour * cast * rng.uniform(0.93, 1.07) + rng.uniform(-5, 5)
     colour = demo_seg._blur3(colour)  # pylint: disable=protected-access
     out.append(colour + rng.normal(0.0, rng.uniform(2.0, 5.0), colour.shape))
   return out
@@ -187,8 +193,10 @@ class CrdocoDemoFlow(tfds.core.GeneratorBasedBuilder,
   """Moving textured shapes with exact flow, 64x64, rendered and 'real'."""
 
   name = DATASET_NAME
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Value-noise textures (unique matches), milder "
+                            "brightness change between target frames."}
   BUILDER_CONFIGS = [
       CrdocoDemoFlowConfig(name="source", domain="source",
                            description="Clean rendered frame pairs."),

@@ -36,7 +36,8 @@ def build_networks(config: ml_collections.ConfigDict,
                   else config.data.out_channels)
   if f.arch == "flownets":  # task_net.levels: encoder stages
     task = FlowNetSPair(f.width, f.levels, out_channels, f.multi_level,
-                        f.frozen_bn, bn_axis_name, dtype)
+                        f.frozen_bn, bn_axis_name, dtype,
+                        f.get("correlation", 0))
   else:
     task = TaskNetPair(f.arch, out_channels, f.multi_level, f.share_last,
                        f.frozen_bn, bn_axis_name, True, f.remat, dtype,

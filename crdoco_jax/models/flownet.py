@@ -36,14 +36,33 @@ from crdoco_jax.models import layers
 DOMAINS = ("S", "T")
 
 
+def correlation(a: jax.Array, b: jax.Array, max_disp: int) -> jax.Array:
+  """FlowNetC's correlation: ``[N, H, W, C]`` x2 -> ``[N, H, W, (2d+1)^2]``,
+  the channel mean of ``a(p) * b(p + (dx, dy))`` for ``|dx|, |dy| <= d``
+  (zero padding outside ``b``)."""
+  d = max_disp
+  h, w = a.shape[1:3]
+  b = jnp.pad(b, ((0, 0), (d, d), (d, d), (0, 0)))
+  return jnp.stack([jnp.mean(a * b[:, dy:dy + h, dx:dx + w], -1)
+                    for dy in range(2 * d + 1) for dx in range(2 * d + 1)],
+                   -1)
+
+
 class FlowNetS(nn.Module):
-  """One compact FlowNetS: ``[N, H, W, 6]`` stacked frames -> flow."""
+  """One compact FlowNetS: ``[N, H, W, 6]`` stacked frames -> flow.
+
+  ``correlation=d > 0`` makes it FlowNetC-style: the first stage runs on
+  each frame with shared weights and the second sees their correlation
+  (displacements up to ``d`` at 1/2 resolution, i.e. ``2 d`` pixels) and
+  the first frame's features, which makes matching explicit.
+  """
   width: int = 32
   levels: int = 4
   out_channels: int = 2
   multi_level: bool = False
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
+  correlation: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, frozen: bool) -> Dict[str, jax.Array]:
@@ -65,11 +84,35 @@ class FlowNetS(nn.Module):
       return jax.image.resize(y, (n, 2 * h, 2 * w, c), "bilinear")
 
     widths = [self.width * min(2 ** i, 8) for i in range(self.levels)]
+    kernels = [(7, 5)[i] if i < 2 else 3 for i in range(self.levels)]
     features = []
     h = x.astype(self.dtype)
-    for i, c in enumerate(widths):
-      h = conv_bn(h, c, (7, 5)[i] if i < 2 else 3, 2)
-      h = conv_bn(h, c, 3)
+    start = 0
+    if self.correlation:
+      # Siamese stages: the same modules (and BN statistics) on each frame.
+      stages = [(layers.conv(c, k, 2, (k - 1) // 2, use_bias=False,
+                             kernel_init=layers.he_fan_out, dtype=self.dtype),
+                 self.norm(),
+                 layers.conv(c, 3, 1, 1, use_bias=False,
+                             kernel_init=layers.he_fan_out, dtype=self.dtype),
+                 self.norm()) for c, k in zip(widths[:1], kernels[:1])]
+
+      def siamese(y):
+        out = []
+        for conv1, bn1, conv2, bn2 in stages:
+          y = act(bn1(conv1(y), use_running_average=frozen))
+          y = act(bn2(conv2(y), use_running_average=frozen))
+          out.append(y)
+        return out
+      features = siamese(h[..., :3])
+      second = siamese(h[..., 3:])[-1]
+      h = jnp.concatenate([correlation(features[-1], second,
+                                       self.correlation),
+                           conv_bn(features[-1], widths[0] // 2, 1)], -1)
+      start = 1
+    for i in range(start, self.levels):
+      h = conv_bn(h, widths[i], kernels[i], 2)
+      h = conv_bn(h, widths[i], 3)
       features.append(h)
     flow = predict(h)
     coarsest = flow
@@ -99,6 +142,7 @@ class FlowNetSPair(nn.Module):
   frozen_bn: bool = False
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
+  correlation: int = 0  # > 0: FlowNetC-style (see FlowNetS)
 
   def setup(self):
     norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5,
@@ -106,7 +150,7 @@ class FlowNetSPair(nn.Module):
     for d in DOMAINS:
       setattr(self, f"net_{d}", FlowNetS(self.width, self.levels,
                                          self.out_channels, self.multi_level,
-                                         norm, self.dtype))
+                                         norm, self.dtype, self.correlation))
 
   def __call__(self, x: jax.Array, domain: str = None, train: bool = False):
     if domain is None:
