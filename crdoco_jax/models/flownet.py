@@ -1,4 +1,5 @@
-"""Task networks F_S and F_T for optical flow: a compact FlowNetS-style net.
+"""Task networks F_S and F_T for optical flow: a compact FlowNetS-style net
+(optionally FlowNetC-style, with a correlation layer; the demo uses that).
 
 FlowNetS (Dosovitskiy et al. 2015) stacks the two frames on the channel
 axis and runs an encoder-decoder: strided convolutions down, then at every
