@@ -93,27 +93,46 @@ def check_finite(history: Dict[int, Dict[str, np.ndarray]],
 
 
 class PreemptionWatcher:
-  """Turns SIGTERM / SIGINT into a request to checkpoint and stop after the
-  current step; in multi-process runs the processes agree on when."""
+  """Turns a preemption notice into a request to checkpoint and stop after
+  the current step.
+
+  One process: SIGTERM and SIGINT set a flag. Several processes
+  (``jax.distributed``): JAX's preemption service catches SIGTERM in any
+  process and agrees on the step at which all of them stop, through the
+  coordination service rather than a device collective every step; SIGINT
+  keeps its default (an interrupt, no checkpoint), since a lone process
+  stopping to save would wait for the others forever.
+  """
 
   def __init__(self):
     self.signal = None
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    self._multiprocess = jax.process_count() > 1
+    self._signals = () if self._multiprocess else (signal.SIGTERM,
+                                                   signal.SIGINT)
+    for sig in self._signals:
       signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     self.signal = signum
 
-  def requested(self) -> bool:
-    flag = self.signal is not None
-    if jax.process_count() > 1:
-      flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-    return flag
+  def requested(self, step: int) -> bool:
+    """Call once per step with increasing ``step`` in every process."""
+    if self._multiprocess and multihost_utils.reached_preemption_sync_point(
+        step):
+      self.signal = signal.SIGTERM
+    return self.signal is not None
 
   def restore(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in self._signals:
       signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM
                     else signal.default_int_handler)
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+  """A barrier through jax.distributed's coordination service: no device
+  collective, so no 30-second rendezvous deadline."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
 
 
 def _host_sum(x) -> np.ndarray:
@@ -254,6 +273,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                                             logdir=workdir))
   batches = parallel.prefetch_to_device(
       input_pipeline.TrainBatches(config).iterate(start))
+  if jax.process_count() > 1:
+    # XLA:CPU's gloo collectives give peers 30 s to meet when they set up a
+    # communicator, and JAX's persistent compilation cache serves only
+    # process 0 on CPU: process 0 would set one up in the first step's
+    # collective while process 1 still compiles that step, and fail. So the
+    # processes set it up together here, with one tiny collective.
+    wait_for_all_processes("crdoco_collectives")
+    jax.block_until_ready(pmap(lambda x: jax.lax.psum(x, parallel.AXIS))(
+        np.ones(jax.local_device_count(), np.float32)))
 
   history, result, preempted = {}, None, False
   watcher = PreemptionWatcher()
@@ -269,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         state, history[step] = p_train[phase](state, batch)
       for hook in hooks:
         hook(step + 1)
-      preempted = watcher.requested()
+      preempted = watcher.requested(step)
       is_last = step + 1 == tc.num_steps or preempted
       checkpoint_now = (step + 1) % tc.checkpoint_every == 0 or is_last
       if (step + 1) % tc.log_every == 0 or checkpoint_now:

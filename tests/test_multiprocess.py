@@ -202,3 +202,38 @@ def test_two_processes_match_one_process(tfds_dir, tmp_path):
   assert os.listdir(os.path.join(multi, "images")) == [
       f"step_{STEPS:07d}.png"]
   assert os.path.exists(os.path.join(multi, train.RESULTS_FILE))
+
+
+def test_sigterm_to_one_process_stops_both_at_one_checkpoint(tfds_dir,
+                                                             tmp_path):
+  """A preemption notice to process 1 alone: JAX's preemption service makes
+  both processes stop after the same step, save that checkpoint together and
+  exit cleanly."""
+  config = make_config(tfds_dir)
+  config.train.update(num_steps=200, checkpoint_every=1000, eval_every=1000,
+                      image_every=1000)
+  workdir, logdir = str(tmp_path / "run"), str(tmp_path)
+  deadline = time.monotonic() + TIMEOUT
+  procs = start_processes(workdir, config, logdir)
+  log1 = os.path.join(logdir, "process_1.log")
+  try:
+    # Process 1 logs its metrics every step (log_every=1) once training.
+    while "train/loss_task" not in open(log1).read():
+      assert all(p.poll() is None for p in procs), open(log1).read()[-4000:]
+      assert time.monotonic() < deadline, "no training step before deadline"
+      time.sleep(0.5)
+    os.kill(procs[1].pid, signal.SIGTERM)
+    returncodes = wait_all(procs, deadline)
+  finally:
+    for p in procs:
+      kill_group(p)
+  logs = [open(os.path.join(logdir, f"process_{i}.log")).read()
+          for i in range(2)]
+  detail = "\n".join(f"--- process {i}:\n{log[-3000:]}"
+                     for i, log in enumerate(logs))
+  assert returncodes == [0, 0], detail
+  steps = [int(log.split("Preempted: checkpoint saved at step ")[1].split(
+      ".")[0]) for log in logs]
+  assert steps[0] == steps[1] < config.train.num_steps, detail
+  manager = checkpointing.make_manager(workdir, 3)
+  assert manager.all_steps() == [steps[0]]
