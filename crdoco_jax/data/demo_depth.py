@@ -221,6 +221,33 @@ def dense_info(builder, doc: str, size: int, channels: int,
       disable_shuffling=True)  # record i is example i
 
 
+class DemoGenerator:
+  """Generation shared by the depth and flow demo builders: example ``i`` of
+  each split is ``make_example(domain, split, i, seed)`` (set as the
+  builder's ``_make_example``; ``_split_sizes`` is the module's
+  ``SPLIT_SIZES``, which tests shrink in place)."""
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything is generated locally.
+    return {split: self._generate_examples(split)
+            for split in self._split_sizes}
+
+  def _generate_examples(self, split: str):
+    config = self.builder_config
+    for index in range(self._split_sizes[split]):
+      key = f"{split}_{index:05d}"
+      yield key, {**self._make_example(config.domain, split, index,
+                                       config.seed), "id": key}
+
+
+def build_demo(builder_cls, domain: str, data_dir: str, file_format: str):
+  """Generates ``domain`` of a demo builder under ``data_dir`` if needed."""
+  _check(domain, DOMAINS, "domain")
+  builder = builder_cls(config=domain, data_dir=data_dir)
+  builder.download_and_prepare(file_format=file_format)
+  return builder
+
+
 @dataclasses.dataclass(eq=False)
 class CrdocoDemoDepthConfig(tfds.core.BuilderConfig):
   domain: str = "source"
@@ -231,9 +258,12 @@ _REGISTERED = DATASET_NAME in tfds.list_builders(
     with_community_datasets=False)
 
 
-class CrdocoDemoDepth(tfds.core.GeneratorBasedBuilder,
+class CrdocoDemoDepth(DemoGenerator, tfds.core.GeneratorBasedBuilder,
                       skip_registration=_REGISTERED):
   """Synthetic rooms with exact depth, 64x64, rendered and 'real'."""
+
+  _make_example = staticmethod(make_example)
+  _split_sizes = SPLIT_SIZES
 
   name = DATASET_NAME
   VERSION = tfds.core.Version("1.0.0")
@@ -248,22 +278,9 @@ class CrdocoDemoDepth(tfds.core.GeneratorBasedBuilder,
   def _info(self) -> tfds.core.DatasetInfo:
     return dense_info(self, __doc__, IMAGE_SIZE, 1)
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {split: self._generate_examples(split) for split in SPLITS}
-
-  def _generate_examples(self, split: str):
-    config = self.builder_config
-    for index in range(SPLIT_SIZES[split]):
-      key = f"{split}_{index:05d}"
-      yield key, {**make_example(config.domain, split, index, config.seed),
-                  "id": key}
 
 
 def build(domain: str, data_dir: str,
-          file_format: str = "array_record") -> CrdocoDemoDepth:
+          file_format: str = "array_record") -> "CrdocoDemoDepth":
   """Generates ``domain`` under ``data_dir`` if needed; returns the builder."""
-  _check(domain, DOMAINS, "domain")
-  builder = CrdocoDemoDepth(config=domain, data_dir=data_dir)
-  builder.download_and_prepare(file_format=file_format)
-  return builder
+  return build_demo(CrdocoDemoDepth, domain, data_dir, file_format)

@@ -188,9 +188,13 @@ _REGISTERED = DATASET_NAME in tfds.list_builders(
     with_community_datasets=False)
 
 
-class CrdocoDemoFlow(tfds.core.GeneratorBasedBuilder,
+class CrdocoDemoFlow(demo_depth.DemoGenerator,
+                     tfds.core.GeneratorBasedBuilder,
                      skip_registration=_REGISTERED):
   """Moving textured shapes with exact flow, 64x64, rendered and 'real'."""
+
+  _make_example = staticmethod(make_example)
+  _split_sizes = SPLIT_SIZES
 
   name = DATASET_NAME
   VERSION = tfds.core.Version("1.1.0")
@@ -208,22 +212,8 @@ class CrdocoDemoFlow(tfds.core.GeneratorBasedBuilder,
     return demo_depth.dense_info(self, __doc__, IMAGE_SIZE, 2,
                                  second_frame=True, valid=True)
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {split: self._generate_examples(split) for split in SPLITS}
-
-  def _generate_examples(self, split: str):
-    config = self.builder_config
-    for index in range(SPLIT_SIZES[split]):
-      key = f"{split}_{index:05d}"
-      yield key, {**make_example(config.domain, split, index, config.seed),
-                  "id": key}
-
 
 def build(domain: str, data_dir: str,
-          file_format: str = "array_record") -> CrdocoDemoFlow:
+          file_format: str = "array_record") -> "CrdocoDemoFlow":
   """Generates ``domain`` under ``data_dir`` if needed; returns the builder."""
-  _check(domain, DOMAINS, "domain")
-  builder = CrdocoDemoFlow(config=domain, data_dir=data_dir)
-  builder.download_and_prepare(file_format=file_format)
-  return builder
+  return demo_depth.build_demo(CrdocoDemoFlow, domain, data_dir, file_format)
