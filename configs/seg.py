@@ -27,7 +27,8 @@ METHODS = ("crdoco", "source_only", "oracle", "no_consistency", "no_feat_adv",
            "frozen_translator", "consistency_only")
 
 
-def _domain(name, split, eval_split, size, builder_config=""):
+def _domain(name, split, eval_split, size, builder_config="",
+            eval_label_size=()):
   return ml_collections.ConfigDict(dict(
       name=name,                      # tfds builder name, or 'folder'
       builder_config=builder_config,  # e.g. 'source' / 'target' for the demo
@@ -35,6 +36,9 @@ def _domain(name, split, eval_split, size, builder_config=""):
       train_split=split,
       eval_split=eval_split,
       image_size=size,                # (H, W) the images are resized to
+      # (H, W) of the evaluation labels; predictions are upsampled to it
+      # (bilinear logits) before scoring. () = image_size.
+      eval_label_size=eval_label_size,
   ))
 
 
@@ -51,12 +55,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       per_device_batch=1,      # AdaptSegNet / CycleGAN: batch 1
       eval_per_device_batch=1,
       hflip=True,
+      # Training images are resized to s x image_size, s ~ U(lo, hi), then
+      # cropped to image_size (padding ignored). (1, 1) = off, as the
+      # released code (AdaptSegNet's loader accepts but ignores scaling).
+      random_scale=(1.0, 1.0),
   ))
   # Extracted datasets: --config.source.dir=/data/gta5 and
   # --config.target.dir=/data/cityscapes (prepared into tfds on first use).
   c.source = _domain("crdoco_gta5", "train", "", (720, 1280))
+  # Scored at Cityscapes' label resolution, 2048x1024 (as ADVENT / CrDoCo).
   c.target = _domain("crdoco_cityscapes", "train", "validation", (512, 1024),
-                     "classes19")
+                     "classes19", eval_label_size=(1024, 2048))
 
   c.translator = ml_collections.ConfigDict(dict(
       ngf=64, n_blocks=9, share_encoder=False, encoder_blocks=0,
@@ -206,7 +215,7 @@ def _synthia(c):
   c.data.class_names = labels.CLASS_NAMES[16]
   c.source = _domain("crdoco_synthia", "train", "", (760, 1280), "classes16")
   c.target = _domain("crdoco_cityscapes", "train", "validation", (512, 1024),
-                     "classes16")
+                     "classes16", eval_label_size=(1024, 2048))
 
 
 def _tiny(c):

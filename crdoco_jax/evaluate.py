@@ -58,6 +58,17 @@ def confusion_matrix(preds: Array, labels: Array, num_classes: int,
   return counts[:c * c].reshape(c, c).astype(jnp.int32)
 
 
+def upsample_to(logits: Array, size) -> Array:
+  """``[N, h, w, C]`` logits -> ``[N, H, W, C]`` at the label resolution
+  ``size = (H, W)`` (bilinear, half-pixel centres), as the Cityscapes
+  protocol scores 1024x512 inputs at 2048x1024; identity when equal."""
+  size = tuple(size)
+  if tuple(logits.shape[1:3]) == size:
+    return logits
+  return jax.image.resize(logits, (logits.shape[0], *size, logits.shape[-1]),
+                          "bilinear")
+
+
 def iou_from_confusion(cm: np.ndarray) -> np.ndarray:
   """Per-class IoU ``TP / (TP + FP + FN)`` from a confusion matrix.
 

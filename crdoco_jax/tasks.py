@@ -82,7 +82,8 @@ def segmentation(config: ml_collections.ConfigDict) -> Task:
       disc_input=lambda out: jax.nn.softmax(out, axis=-1),
       predict=argmax,
       eval_sums=lambda out, batch: evaluate.confusion_matrix(
-          argmax(out), batch["label"], classes, ignore))
+          argmax(evaluate.upsample_to(out, batch["label"].shape[1:3])),
+          batch["label"], classes, ignore))
 
 
 def depth(config: ml_collections.ConfigDict) -> Task:

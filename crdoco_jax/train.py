@@ -285,7 +285,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   history, result, preempted = {}, None, False
   watcher = PreemptionWatcher()
-  t0 = time.time()
+  t0 = window_start = time.time()
+  input_wait = 0.0  # seconds the loop waited for input in this log window
   # Default signal handlers again however the loop ends (a NaN stop,
   # an error, or the last step).
   try:
@@ -293,7 +294,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       phase = ("translator" if step < config.translator.pretrain_steps
                else "adapt")
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        t = time.time()
         batch = next(batches)
+        input_wait += time.time() - t
         state, history[step] = p_train[phase](state, batch)
       for hook in hooks:
         hook(step + 1)
@@ -305,8 +308,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         # checkpoint after it is written.
         history = jax.device_get(history)
         check_finite(history, config, manager)
-        writer.write_scalars(step + 1, mean_metrics(history))
-        history = {}
+        now = time.time()
+        # Near 0 when the input pipeline keeps ahead of the devices.
+        writer.write_scalars(step + 1, {
+            **mean_metrics(history),
+            "perf/input_wait_fraction": input_wait / max(now - window_start,
+                                                         1e-9)})
+        history, input_wait, window_start = {}, 0.0, now
       if preempted:
         checkpointing.save(manager, step + 1, parallel.unreplicate(state))
         logging.warning("Received signal %s: saved the checkpoint of step "

@@ -18,7 +18,7 @@ masks; flow images hold both frames, ``[..., H, W, 6]``.
 import concurrent.futures
 import functools
 import os
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import ml_collections
@@ -108,24 +108,98 @@ def _resize(array: np.ndarray, size: Sequence[int], nearest: bool
 
 
 def decode_example(example, image_size: Sequence[int], flip: bool,
-                   ignore_label: int, task: str = "segmentation"
+                   ignore_label: int, task: str = "segmentation",
+                   label_size: Optional[Sequence[int]] = None
                    ) -> Dict[str, np.ndarray]:
   """One record -> float image in [-1, 1] and int32 labels, resized to
-  ``image_size`` (bicubic / nearest) and optionally mirrored. Depth and flow
-  records go through ``dense.decode_dense_example``."""
+  ``image_size`` (bicubic; labels nearest, to ``label_size`` if given) and
+  optionally mirrored. Depth and flow records go through
+  ``dense.decode_dense_example``."""
   if task != "segmentation":
+    if label_size is not None and tuple(label_size) != tuple(image_size):
+      raise ValueError(f"eval_label_size {tuple(label_size)} != image_size "
+                       f"{tuple(image_size)}: evaluation at the label "
+                       f"resolution is for segmentation; leave "
+                       f"target.eval_label_size empty for {task}.")
     return dense.decode_dense_example(example, image_size, flip, task)
+  label_size = tuple(label_size or image_size)
   image = _resize(np.asarray(example["image"]), image_size, nearest=False)
   out = {"image": image.astype(np.float32) / 127.5 - 1.0}
   if "label" in example:
     label = np.asarray(example["label"])
     label = label[..., 0] if label.ndim == 3 else label
-    out["label"] = _resize(label, image_size, nearest=True).astype(np.int32)
+    out["label"] = _resize(label, label_size, nearest=True).astype(np.int32)
   else:
-    out["label"] = np.full(image_size, ignore_label, np.int32)
+    out["label"] = np.full(label_size, ignore_label, np.int32)
   if flip:
     out = {k: v[:, ::-1] for k, v in out.items()}
   return out
+
+
+class Augmentation(NamedTuple):
+  """One training example's random augmentation: resize to ``scale`` times
+  the configured size, crop the configured size at ``(top, left)`` (both in
+  [0, 1): where the crop sits within its range), mirror if ``flip``."""
+  flip: bool = False
+  scale: float = 1.0
+  top: float = 0.0
+  left: float = 0.0
+
+
+def sample_augmentation(seed: int, stream: int, position: int,
+                        data: ml_collections.ConfigDict) -> Augmentation:
+  """The augmentation of global sample ``position`` of a stream: a pure
+  function of its arguments, so a resumed run augments as an uninterrupted
+  one. ``data.hflip`` (bool) and ``data.random_scale`` ``(lo, hi)``."""
+  rng = np.random.default_rng([seed, stream, position, 7])
+  flip = bool(rng.random() < 0.5) and bool(data.hflip)
+  lo, hi = data.random_scale
+  if not 0 < lo <= hi:
+    raise ValueError(f"config.data.random_scale={tuple(data.random_scale)}: "
+                     f"need 0 < lo <= hi, e.g. (0.5, 1.5), or (1, 1) for "
+                     f"none.")
+  if lo == hi == 1:
+    return Augmentation(flip)
+  scale, top, left = rng.uniform(lo, hi), rng.random(), rng.random()
+  return Augmentation(flip, float(scale), float(top), float(left))
+
+
+def crop(example: Dict[str, np.ndarray], size: Sequence[int], top: float,
+         left: float, ignore_label: int) -> Dict[str, np.ndarray]:
+  """Crops every ``[H, W, ...]`` array of a decoded example to ``size``.
+
+  A side shorter than ``size`` is padded first (image 0 = mid-grey, class
+  labels ``ignore_label``, regression labels 0, validity False), so padded
+  pixels never count. ``top``/``left`` in [0, 1) place the crop.
+  """
+  h, w = example["image"].shape[:2]
+  ph, pw = max(h, size[0]), max(w, size[1])
+  y0 = int(top * (ph - size[0] + 1))
+  x0 = int(left * (pw - size[1] + 1))
+  out = {}
+  for key, value in example.items():
+    fill = (ignore_label if key == "label" and value.dtype == np.int32
+            else 0)
+    if (ph, pw) != (h, w):
+      padded = np.full((ph, pw) + value.shape[2:], fill, value.dtype)
+      padded[:h, :w] = value
+      value = padded
+    out[key] = np.ascontiguousarray(value[y0:y0 + size[0],
+                                          x0:x0 + size[1]])
+  return out
+
+
+def augment_example(example, image_size: Sequence[int], aug: Augmentation,
+                    ignore_label: int, task: str = "segmentation"
+                    ) -> Dict[str, np.ndarray]:
+  """Decodes a training record at ``aug.scale`` times ``image_size`` and
+  crops ``image_size`` out of it (flow vectors scale with the resize, depth
+  keeps its metres)."""
+  if aug.scale == 1.0:
+    return decode_example(example, image_size, aug.flip, ignore_label, task)
+  scaled = tuple(max(1, int(round(aug.scale * s))) for s in image_size)
+  out = decode_example(example, scaled, aug.flip, ignore_label, task)
+  return crop(out, image_size, aug.top, aug.left, ignore_label)
 
 
 @functools.lru_cache(maxsize=4)
@@ -174,6 +248,7 @@ class TrainBatches:
                           config.data.num_classes, config.task)
         for name in ("source", "target")}
     self.keep_target_label = needs_target_labels
+    sample_augmentation(0, 0, 0, config.data)  # a bad range fails here
     self.workers, self.prefetch = workers, prefetch
 
   def _stream(self, name: str, stream_id: int, step: int) -> Batch:
@@ -183,14 +258,12 @@ class TrainBatches:
     idx, positions = example_indices(step, len(source), self.global_batch,
                                      self.local_batch, self.process_index,
                                      seed, stream_id)
-    examples = []
-    for i, q in zip(idx, positions):
-      flip = (self.config.data.hflip and
-              np.random.default_rng([seed, stream_id, int(q), 7]).random()
-              < 0.5)
-      examples.append(decode_example(source[int(i)], domain.image_size, flip,
-                                     self.config.data.ignore_label,
-                                     self.config.task))
+    examples = [
+        augment_example(source[int(i)], domain.image_size,
+                        sample_augmentation(seed, stream_id, int(q),
+                                            self.config.data),
+                        self.config.data.ignore_label, self.config.task)
+        for i, q in zip(idx, positions)]
     shape = (self.local_devices, self.per_device)
     return {f"{name}_{k}": np.stack([e[k] for e in examples]).reshape(
         shape + examples[0][k].shape) for k in examples[0]}
@@ -233,22 +306,26 @@ def eval_batches(config: ml_collections.ConfigDict,
   ignore = config.data.ignore_label
   # Every process runs the same number of batches (collectives must match).
   n_batches = -(-len(range(0, len(source), count)) // per_batch)
+  label_size = tuple(domain.eval_label_size) or None
   for b in range(n_batches):
     chunk = indices[b * per_batch:(b + 1) * per_batch]
     examples = [decode_example(source[i], domain.image_size, False, ignore,
-                               config.task) for i in chunk]
-    h, w = domain.image_size
+                               config.task, label_size) for i in chunk]
     while len(examples) < per_batch:
-      examples.append(_padding_example(config, (h, w)))
+      examples.append(_padding_example(config, domain.image_size,
+                                       label_size))
     yield {k: np.stack([e[k] for e in examples]).reshape(
         (devices, config.data.eval_per_device_batch) + examples[0][k].shape)
            for k in examples[0]}
 
 
 def _padding_example(config: ml_collections.ConfigDict,
-                     size: Sequence[int]) -> Dict[str, np.ndarray]:
+                     size: Sequence[int],
+                     label_size: Optional[Sequence[int]] = None
+                     ) -> Dict[str, np.ndarray]:
   """An example with no valid pixel (fills the last evaluation batch)."""
   if config.task != "segmentation":
     return dense.empty_example(size, config.task)
   return {"image": np.zeros((*size, 3), np.float32),
-          "label": np.full(size, config.data.ignore_label, np.int32)}
+          "label": np.full(tuple(label_size or size), config.data.ignore_label,
+                           np.int32)}
