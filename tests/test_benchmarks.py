@@ -31,3 +31,19 @@ def test_step_time_compile_only_with_memory_options():
   assert "median_step_s" not in r
   assert r["source_size"] == [32, 48] and r["share_last"] == 2
   assert r["memory_analysis"]["temp_bytes"] > 0
+
+
+def test_input_pipeline_benchmark_prints_json(tmp_path):
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "input_pipeline.py"),
+       "--images", "2", "--steps", "2", "--workers", "1,2", "--downscale",
+       "16", "--random-scale", "0.5,1.5", "--step-preset", "",
+       "--root", str(tmp_path)],
+      capture_output=True, text=True, check=True, timeout=600, cwd=ROOT)
+  lines = [json.loads(l) for l in out.stdout.splitlines()
+           if l.startswith("{")]
+  assert [l["kind"] for l in lines] == ["setup", "alone", "alone"]
+  assert [l["workers"] for l in lines[1:]] == [1, 2]
+  for l in lines[1:]:
+    assert l["pairs_per_s"] > 0 and l["source_size"] == [45, 80]
+    assert l["random_scale"] == [0.5, 1.5]
