@@ -17,6 +17,7 @@ Multi-process (one process per host): on TPU pods and SLURM pass
 (README, "Reliability and determinism", has a two-process example).
 """
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -106,8 +107,12 @@ def main(argv):
   if _MODE.value in ("predict", "translate", "export"):
     _infer(_CONFIG.value, _WORKDIR.value)
     return
+  from crdoco_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   if _MODE.value == "train":
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+      result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except input_pipeline.DatasetNotFoundError as e:
+      sys.exit(f"error: {e}")
     if result.get("preempted"):
       print(f"Preempted: checkpoint saved at step {result['step']}.")
     else:

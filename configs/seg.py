@@ -59,6 +59,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # cropped to image_size (padding ignored). (1, 1) = off, as the
       # released code (AdaptSegNet's loader accepts but ignores scaling).
       random_scale=(1.0, 1.0),
+      workers=4,               # decoding threads per process
   ))
   # Extracted datasets: --config.source.dir=/data/gta5 and
   # --config.target.dir=/data/cityscapes (prepared into tfds on first use).

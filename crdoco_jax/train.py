@@ -236,6 +236,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   on the target split every ``eval_every`` steps and at the end; returns
   and writes the final evaluation to ``workdir/results.json``."""
   configure_jax(config)
+  # Missing or unprepared data fails here, before minutes of model set-up.
+  train_data = input_pipeline.TrainBatches(config,
+                                           workers=config.data.workers)
+  input_pipeline.open_eval_source(config)
   is_chief = jax.process_index() == 0
   if is_chief:
     checkpointing.write_config(workdir, config)
@@ -271,8 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     if tc.profile_steps > 0:
       hooks.append(periodic_actions.Profile(num_profile_steps=tc.profile_steps,
                                             logdir=workdir))
-  batches = parallel.prefetch_to_device(
-      input_pipeline.TrainBatches(config).iterate(start))
+  batches = parallel.prefetch_to_device(train_data.iterate(start))
   if jax.process_count() > 1:
     # XLA:CPU's gloo collectives give peers 30 s to meet when they set up a
     # communicator, and JAX's persistent compilation cache serves only

@@ -184,6 +184,19 @@ def test_missing_dataset_error_names_path_and_demo(tmp_path):
   assert "configs/seg.py:demo" in str(e.value)
 
 
+def test_launch_without_data_fails_fast_naming_paths(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/seg.py",
+       f"--workdir={tmp_path / 'run'}",
+       f"--config.data.tfds_data_dir={tmp_path / 'tfds'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  message = out.stderr[out.stderr.index("error: "):]
+  assert "Traceback" not in message
+  assert str(tmp_path / "tfds") in message and "crdoco_gta5" in message
+  assert "images/00001.png" in message and "configs/seg.py:demo" in message
+
+
 def test_config_variants_and_typos():
   config = seg.get_config("demo,source_only")
   assert config.method == "source_only" and config.task_net.arch == "resnet18"

@@ -288,6 +288,13 @@ class TrainBatches:
         yield result
 
 
+def open_eval_source(config: ml_collections.ConfigDict):
+  """The target domain's evaluation split (``target.eval_split``)."""
+  domain = config.target
+  return open_source(domain, domain.eval_split, data_dir(config),
+                     config.data.num_classes, config.task)
+
+
 def eval_batches(config: ml_collections.ConfigDict,
                  num_local_devices: Optional[int] = None,
                  process_index: Optional[int] = None,
@@ -299,8 +306,7 @@ def eval_batches(config: ml_collections.ConfigDict,
   p = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   domain = config.target
-  source = open_source(domain, domain.eval_split, data_dir(config),
-                       config.data.num_classes, config.task)
+  source = open_eval_source(config)
   indices = list(range(p, len(source), count))
   per_batch = devices * config.data.eval_per_device_batch
   ignore = config.data.ignore_label
