@@ -193,7 +193,8 @@ def _demo(c):
   size = (demo_seg.IMAGE_SIZE, demo_seg.IMAGE_SIZE)
   c.source = _domain("crdoco_demo_seg", "train", "val", size, "source")
   c.target = _domain("crdoco_demo_seg", "train", "val", size, "target")
-  c.translator.update(ngf=16, n_blocks=3)
+  # subpixel: the same sums as the transposed convs, ~0.6x the CPU step.
+  c.translator.update(ngf=16, n_blocks=3, subpixel=True)
   c.task_net.update(arch="resnet18", multi_level=False, width=32)
   c.disc.update(img_ndf=16, feat_ndf=16)
   c.optim.task_net.update(name="adam", lr=1e-3, schedule="constant")
