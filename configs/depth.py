@@ -12,13 +12,14 @@ r"""CrDoCo for monocular depth prediction.
   no longer distributed: the source is a folder domain (renders exported
   as 16-bit PNG depth, see crdoco_jax/data/dense_sources.py), the target
   NYUv2's labelled set (``nyu_depth_v2_labeled.mat``, dense_datasets.py).
-* ``kitti``: Virtual KITTI 2 -> KITTI (T2Net's outdoor setting), 80 m cap.
+* ``kitti``: Virtual KITTI 2 -> KITTI (T2Net's outdoor setting), 80 m cap,
+  Garg crop.
 * ``demo``: the embedded rendered-rooms pair (crdoco_jax/data/demo_depth.py).
 * ``tiny``: a few 32x32 steps for tests.
 * methods: ``crdoco`` (default), ``source_only``, ``oracle``,
   ``no_consistency`` and the other methods of configs/seg.py.
 The task net is DeepLab-v2 with a one-channel regression head (log depth
-by default); metrics are Eigen et al.'s with the ``depth`` caps.
+by default); metrics are Eigen et al.'s with the ``depth`` caps and crop.
 """
 import ml_collections
 
@@ -30,6 +31,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       log_depth=True,    # regress log(metres); False: metres
       min_depth=1e-3,    # evaluation caps (NYUv2: 1e-3 - 10 m)
       max_depth=10.0,
+      # Evaluation crop (crdoco_jax/evaluate.py DEPTH_EVAL_CROPS): '' (none),
+      # 'garg' or 'eigen'. NYUv2's Eigen crop is applied by its reader.
+      eval_crop="",
   ))
   return dense_base.get_config("depth", arg, section, dict(
       paper=_paper, kitti=_kitti, demo=_demo, tiny=_tiny))
@@ -46,7 +50,9 @@ def _paper(c):
 
 
 def _kitti(c):
-  c.depth.update(min_depth=1e-3, max_depth=80.0)
+  # Garg crop and 80 m cap: the usual KITTI Eigen-split protocol (monodepth,
+  # T2Net), so the numbers are comparable with published ones.
+  c.depth.update(min_depth=1e-3, max_depth=80.0, eval_crop="garg")
   c.source = dense_base.domain("vkitti2", "train", "", (192, 640),
                                png_scale=100.0)
   c.target = dense_base.domain("kitti_depth", "train", "val", (192, 640))

@@ -144,6 +144,41 @@ DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2",
 DEPTH_HIGHER_IS_BETTER = ("delta1", "delta2", "delta3")
 
 
+# Garg et al. 2016 / Eigen et al. 2014 crops as used by monodepth and T2Net:
+# (top, bottom, left, right) as fractions of the ground truth's height and
+# width, truncated to int. They drop KITTI's sky rows, where the LiDAR has no
+# returns, and the image borders; '' evaluates every pixel.
+DEPTH_EVAL_CROPS = {
+    "": None,
+    "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+    "eigen": (0.3324324, 0.91351351, 0.0359477, 0.96405229),
+}
+
+
+def check_depth_eval_crop(crop: str) -> str:
+  """``crop`` if it is a :data:`DEPTH_EVAL_CROPS` name, else ValueError (so
+  configs fail at set-up, not at the first evaluation)."""
+  if crop not in DEPTH_EVAL_CROPS:
+    raise ValueError(f"Unknown depth eval crop {crop!r}; use "
+                     f"{', '.join(repr(k) for k in DEPTH_EVAL_CROPS)}.")
+  return crop
+
+
+def depth_eval_crop_mask(height: int, width: int, crop: str) -> np.ndarray:
+  """``[height, width]`` bool, True inside the ``crop`` of
+  :data:`DEPTH_EVAL_CROPS` (all True for ''). NumPy on static shapes, so it
+  is a constant under ``jit`` / ``pmap``; AND it with the validity mask."""
+  fractions = DEPTH_EVAL_CROPS[check_depth_eval_crop(crop)]
+  mask = np.zeros((height, width), bool)
+  if fractions is None:
+    mask[:] = True
+    return mask
+  top, bottom, left, right = fractions
+  mask[int(top * height):int(bottom * height),
+       int(left * width):int(right * width)] = True
+  return mask
+
+
 def depth_metric_sums(pred: Array, gt: Array, valid: Array,
                       min_depth: float, max_depth: float
                       ) -> Dict[str, Array]:

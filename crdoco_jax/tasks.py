@@ -106,13 +106,19 @@ def depth(config: ml_collections.ConfigDict) -> Task:
   def predict(out):
     return jnp.clip(decode(out), d.min_depth, d.max_depth)
 
+  crop = evaluate.check_depth_eval_crop(d.eval_crop)
+
+  def eval_sums(out, batch):
+    gt = batch["label"][..., 0]  # [N, H, W]; H, W static, so is the crop
+    valid = batch["valid"] & evaluate.depth_eval_crop_mask(*gt.shape[1:],
+                                                           crop)
+    return evaluate.depth_metric_sums(predict(out)[..., 0], gt, valid,
+                                      d.min_depth, d.max_depth)
+
   return Task(
       name="depth", frames=1, labels=_regression_labels,
       supervised=supervised, consistency=_consistency_l1,
-      disc_input=normalise, predict=predict,
-      eval_sums=lambda out, batch: evaluate.depth_metric_sums(
-          predict(out)[..., 0], batch["label"][..., 0], batch["valid"],
-          d.min_depth, d.max_depth))
+      disc_input=normalise, predict=predict, eval_sums=eval_sums)
 
 
 def flow(config: ml_collections.ConfigDict) -> Task:

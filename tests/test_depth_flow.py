@@ -111,6 +111,58 @@ def test_depth_metrics_match_numpy_with_caps_and_empty_images():
   assert perfect["abs_rel"] < 1e-6 and perfect["delta1"] == 1.0
 
 
+def test_depth_eval_crop_masks_match_numpy_slicing():
+  h, w = 375, 1242  # KITTI's ground truth
+  bounds = dict(garg=(int(0.40810811 * h), int(0.99189189 * h),
+                      int(0.03594771 * w), int(0.96405229 * w)),
+                eigen=(int(0.3324324 * h), int(0.91351351 * h),
+                       int(0.0359477 * w), int(0.96405229 * w)))
+  assert bounds["garg"] == (153, 371, 44, 1197)
+  for crop, (t, b, l, r) in bounds.items():
+    ref = np.zeros((h, w), bool)
+    ref[t:b, l:r] = True
+    np.testing.assert_array_equal(evaluate.depth_eval_crop_mask(h, w, crop),
+                                  ref, err_msg=crop)
+  assert evaluate.depth_eval_crop_mask(h, w, "").all()
+  with pytest.raises(ValueError, match="garg"):
+    evaluate.depth_eval_crop_mask(h, w, "monodepth")
+  config = depth_configs.get_config("kitti")
+  assert config.depth.eval_crop == "garg" and config.depth.max_depth == 80.0
+  config.depth.eval_crop = "eigne"
+  with pytest.raises(ValueError, match="eigen"):
+    tasks.get_task(config)  # at set-up, not at the first evaluation
+
+
+def test_depth_task_eval_counts_only_the_crop():
+  config = depth_configs.get_config("kitti")  # Garg crop, 1e-3 - 80 m
+  task = tasks.get_task(config)
+  rng = np.random.default_rng(4)
+  h, w = 375, 1242
+  gt = rng.uniform(0.0, 90.0, (2, h, w)).astype(np.float32)
+  valid = rng.random(gt.shape) > 0.3
+  pred = (gt * rng.uniform(0.7, 1.4, gt.shape) + 0.5).astype(np.float32)
+  crop = evaluate.depth_eval_crop_mask(h, w, "garg")
+  wild = np.where(crop, pred, 1e-3 + 1000.0 * gt).astype(np.float32)
+  eval_sums = jax.jit(task.eval_sums)
+  got = [evaluate.depth_metrics(jax.device_get(eval_sums(
+      np.log(p)[..., None], dict(label=gt[..., None], valid=valid))))
+         for p in (pred, wild)]
+  t, b, l, r = (int(0.40810811 * h), int(0.99189189 * h),
+                int(0.03594771 * w), int(0.96405229 * w))
+  ref = _numpy_depth_metrics(pred[:, t:b, l:r], gt[:, t:b, l:r],
+                             valid[:, t:b, l:r], 1e-3, 80.0)
+  for k in evaluate.DEPTH_METRICS:
+    np.testing.assert_allclose(got[0][k], ref[k], rtol=1e-4, err_msg=k)
+    assert got[1][k] == got[0][k], k  # outside the crop: no effect
+  # Without the crop the wrong outside pixels do count.
+  config.depth.eval_crop = ""
+  uncropped = evaluate.depth_metrics(jax.device_get(
+      tasks.get_task(config).eval_sums(np.log(wild)[..., None],
+                                       dict(label=gt[..., None],
+                                            valid=valid))))
+  assert uncropped["abs_rel"] > 10 * got[0]["abs_rel"]
+
+
 def test_flow_metrics_match_numpy():
   rng = np.random.default_rng(3)
   gt = rng.normal(0, 20, (2, 5, 6, 2)).astype(np.float32)
