@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from crdoco_jax.data import demo_seg
+# Shared with the flow demo, which reaches them through this module.
+from crdoco_jax.data.demo_seg import DemoGenerator, build_demo  # pylint: disable=unused-import
 
 IMAGE_SIZE = 64
 DOMAINS = ("source", "target")
@@ -219,33 +221,6 @@ def dense_info(builder, doc: str, size: int, channels: int,
       builder=builder, description=doc,
       features=tfds.features.FeaturesDict(features),
       disable_shuffling=True)  # record i is example i
-
-
-class DemoGenerator:
-  """Generation shared by the depth and flow demo builders: example ``i`` of
-  each split is ``make_example(domain, split, i, seed)`` (set as the
-  builder's ``_make_example``; ``_split_sizes`` is the module's
-  ``SPLIT_SIZES``, which tests shrink in place)."""
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Everything is generated locally.
-    return {split: self._generate_examples(split)
-            for split in self._split_sizes}
-
-  def _generate_examples(self, split: str):
-    config = self.builder_config
-    for index in range(self._split_sizes[split]):
-      key = f"{split}_{index:05d}"
-      yield key, {**self._make_example(config.domain, split, index,
-                                       config.seed), "id": key}
-
-
-def build_demo(builder_cls, domain: str, data_dir: str, file_format: str):
-  """Generates ``domain`` of a demo builder under ``data_dir`` if needed."""
-  _check(domain, DOMAINS, "domain")
-  builder = builder_cls(config=domain, data_dir=data_dir)
-  builder.download_and_prepare(file_format=file_format)
-  return builder
 
 
 @dataclasses.dataclass(eq=False)

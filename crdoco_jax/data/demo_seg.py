@@ -335,6 +335,42 @@ def make_example(domain: str, split: str, index: int, seed: int = 0,
 
 
 # ---------------------------------------------------------------- tfds builder
+class DemoGenerator:
+  """Generation shared by the segmentation, depth and flow demo builders:
+  example ``i`` of each split is ``_make_example(domain, split, i, seed)``
+  plus its ``id`` (``_split_sizes`` is the module's ``SPLIT_SIZES``, which
+  tests shrink in place)."""
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything is generated locally.
+    return {split: self._generate_examples(split)
+            for split in self._split_sizes}
+
+  def _generate_examples(self, split: str):
+    config = self.builder_config
+    for index in range(self._split_sizes[split]):
+      key = f"{split}_{index:05d}"
+      yield key, {**self._make_example(config.domain, split, index,
+                                       config.seed), "id": key}
+
+
+def build_demo(builder_cls, domain: str, data_dir: str,
+               file_format: str = "array_record"):
+  """Generates ``domain`` of a demo builder under ``data_dir`` if needed;
+  returns the builder. The default ``array_record`` format supports random
+  access through ``builder.as_data_source()`` / ``tfds.data_source``."""
+  _check(domain, DOMAINS, "domain")
+  builder = builder_cls(config=domain, data_dir=data_dir)
+  builder.download_and_prepare(file_format=file_format)
+  return builder
+
+
+def _record(domain: str, split: str, index: int, seed: int):
+  """:func:`make_example` as stored: labels with a channel axis."""
+  example = make_example(domain, split, index, seed=seed)
+  return {"image": example["image"], "label": example["label"][..., None]}
+
+
 @dataclasses.dataclass(eq=False)
 class CrdocoDemoSegConfig(tfds.core.BuilderConfig):
   """Config for one domain; ``seed`` selects an independent draw."""
@@ -348,9 +384,12 @@ _REGISTERED = DATASET_NAME in tfds.list_builders(
     with_community_datasets=False)
 
 
-class CrdocoDemoSeg(tfds.core.GeneratorBasedBuilder,
+class CrdocoDemoSeg(DemoGenerator, tfds.core.GeneratorBasedBuilder,
                     skip_registration=_REGISTERED):
   """Synthetic street scenes, 64x64, in a flat and a textured domain."""
+
+  _make_example = staticmethod(_record)
+  _split_sizes = SPLIT_SIZES
 
   name = DATASET_NAME
   VERSION = tfds.core.Version("1.0.0")
@@ -366,27 +405,8 @@ class CrdocoDemoSeg(tfds.core.GeneratorBasedBuilder,
     # Record i is example i (generation order kept); loaders shuffle.
     return folder.segmentation_info(self, __doc__, (IMAGE_SIZE, IMAGE_SIZE))
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Everything is generated locally.
-    return {split: self._generate_examples(split) for split in SPLITS}
-
-  def _generate_examples(self, split: str):
-    config = self.builder_config
-    for index in range(SPLIT_SIZES[split]):
-      example = make_example(config.domain, split, index, seed=config.seed)
-      key = f"{split}_{index:05d}"
-      yield key, {"image": example["image"],
-                  "label": example["label"][..., None], "id": key}
-
 
 def build(domain: str, data_dir: str,
           file_format: str = "array_record") -> CrdocoDemoSeg:
-  """Generates ``domain`` under ``data_dir`` if needed; returns the builder.
-
-  The default ``array_record`` format supports random access through
-  ``builder.as_data_source()`` / ``tfds.data_source``.
-  """
-  _check(domain, DOMAINS, "domain")
-  builder = CrdocoDemoSeg(config=domain, data_dir=data_dir)
-  builder.download_and_prepare(file_format=file_format)
-  return builder
+  """Generates ``domain`` under ``data_dir`` if needed; returns the builder."""
+  return build_demo(CrdocoDemoSeg, domain, data_dir, file_format)
