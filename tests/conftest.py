@@ -24,15 +24,9 @@ import pytest  # noqa: E402  (after the environment is set)
 def tfds_dir(tmp_path_factory):
   """A tfds data dir holding the demo pair with small splits."""
   from crdoco_jax.data import demo_seg
-  root = str(tmp_path_factory.mktemp("tfds"))
-  sizes = dict(demo_seg.SPLIT_SIZES)
-  demo_seg.SPLIT_SIZES.update(train=16, val=8)
-  try:
-    for domain in demo_seg.DOMAINS:
-      demo_seg.build(domain, root)
-  finally:
-    demo_seg.SPLIT_SIZES.update(sizes)
-  return root
+  from tests.demo_data import build_small_demo
+  return build_small_demo(demo_seg, str(tmp_path_factory.mktemp("tfds")),
+                          train=16, val=8)
 
 
 @pytest.fixture

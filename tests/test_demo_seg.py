@@ -123,7 +123,9 @@ def test_second_import_keeps_registration():
 
 
 def test_tfds_builder_roundtrip(tmp_path, monkeypatch):
-  monkeypatch.setattr(demo_seg, "SPLIT_SIZES", {"train": 8, "val": 4})
+  # In place: the builder class holds this dict.
+  monkeypatch.setitem(demo_seg.SPLIT_SIZES, "train", 8)
+  monkeypatch.setitem(demo_seg.SPLIT_SIZES, "val", 4)
   assert demo_seg.DATASET_NAME in tfds.list_builders(
       with_community_datasets=False)
   builder = demo_seg.build("target", str(tmp_path))

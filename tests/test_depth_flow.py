@@ -12,6 +12,7 @@ from configs import depth as depth_configs
 from configs import flow as flow_configs
 from crdoco_jax import evaluate, losses, models, tasks, train
 from crdoco_jax.data import dense, demo_depth, demo_flow
+from tests.demo_data import build_small_demo
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +20,7 @@ def dense_tfds_dir(tmp_path_factory):
   """A tfds data dir holding both demo pairs with small splits."""
   root = str(tmp_path_factory.mktemp("dense_tfds"))
   for module in (demo_depth, demo_flow):
-    sizes = dict(module.SPLIT_SIZES)
-    module.SPLIT_SIZES.update(train=8, val=4)
-    try:
-      for domain in module.DOMAINS:
-        module.build(domain, root)
-    finally:
-      module.SPLIT_SIZES.update(sizes)
+    build_small_demo(module, root, train=8, val=4)
   return root
 
 
