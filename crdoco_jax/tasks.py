@@ -20,13 +20,14 @@ class ids (segmentation) or ``(label [N, H, W, D] float32, valid [N, H, W]
 bool)`` with depth in metres and flow in pixels (u right, v down).
 Flow examples hold both frames on the channel axis: ``image [N, H, W, 6]``.
 """
-from typing import Any, Callable, Dict, NamedTuple
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from crdoco_jax import evaluate, losses
+from crdoco_jax import evaluate, losses, visualize
 
 TASKS = ("segmentation", "depth", "flow")
 Array = jax.Array
@@ -44,6 +45,15 @@ class Task(NamedTuple):
   predict: Callable[[Array], Array]           # out -> ids / metres / pixels
   # (out, eval batch) -> pytree of sums over the batch (psum-able).
   eval_sums: Callable[[Array, Dict[str, Array]], Any]
+  # Host side. eval_sums totals over the split -> metrics.
+  metrics: Callable[[Any], Dict[str, Any]]
+  # metrics -> reported fields: 'target_<metric>' numbers (mIoU and pixel
+  # accuracy in %), optionally 'per_class_iou' {name: %}.
+  scores: Callable[[Dict[str, Any]], Dict[str, Any]]
+  # metrics -> the evaluation's log text (segmentation: an IoU table).
+  describe: Callable[[Dict[str, Any]], str]
+  # (label or prediction [H, W, ...], valid [H, W] or None) -> uint8 RGB.
+  draw: Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]
 
 
 def _key(domain: str, name: str) -> str:
@@ -72,6 +82,8 @@ def _consistency_l1(a: Array, b: Array) -> Array:
 
 def segmentation(config: ml_collections.ConfigDict) -> Task:
   ignore, classes = config.data.ignore_label, config.data.num_classes
+  names = config.data.class_names
+  palette = visualize.palette_for(classes, names)
   argmax = lambda out: jnp.argmax(out, -1)
   return Task(
       name="segmentation", frames=1,
@@ -83,7 +95,28 @@ def segmentation(config: ml_collections.ConfigDict) -> Task:
       predict=argmax,
       eval_sums=lambda out, batch: evaluate.confusion_matrix(
           argmax(evaluate.upsample_to(out, batch["label"].shape[1:3])),
-          batch["label"], classes, ignore))
+          batch["label"], classes, ignore),
+      metrics=_segmentation_metrics,
+      scores=lambda m: dict(
+          target_miou=100 * m["miou"],
+          target_pixel_accuracy=100 * m["pixel_accuracy"],
+          per_class_iou={n: 100 * float(v)
+                         for n, v in zip(names, m["ious"])}),
+      describe=lambda m: "\n" + evaluate.format_iou_table(m["ious"], names),
+      draw=lambda x, valid: visualize.colorize(x, palette))
+
+
+def _segmentation_metrics(cm) -> Dict[str, Any]:
+  return dict(miou=evaluate.mean_iou(cm), ious=evaluate.iou_from_confusion(cm),
+              pixel_accuracy=evaluate.pixel_accuracy(cm), pixels=int(cm.sum()))
+
+
+def _regression_report(metrics: Callable) -> Dict[str, Callable]:
+  """The host-side Task fields shared by depth and flow."""
+  return dict(
+      metrics=metrics,
+      scores=lambda m: {f"target_{k}": v for k, v in m.items()},
+      describe=lambda m: ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
 
 
 def depth(config: ml_collections.ConfigDict) -> Task:
@@ -118,7 +151,10 @@ def depth(config: ml_collections.ConfigDict) -> Task:
   return Task(
       name="depth", frames=1, labels=_regression_labels,
       supervised=supervised, consistency=_consistency_l1,
-      disc_input=normalise, predict=predict, eval_sums=eval_sums)
+      disc_input=normalise, predict=predict, eval_sums=eval_sums,
+      draw=lambda x, valid: visualize.colorize_depth(
+          x[..., 0], valid, d.min_depth, d.max_depth),
+      **_regression_report(evaluate.depth_metrics))
 
 
 def flow(config: ml_collections.ConfigDict) -> Task:
@@ -137,7 +173,9 @@ def flow(config: ml_collections.ConfigDict) -> Task:
       supervised=supervised, consistency=_consistency_l1,
       disc_input=lambda out: out, predict=predict,
       eval_sums=lambda out, batch: evaluate.flow_metric_sums(
-          predict(out), batch["label"], batch["valid"]))
+          predict(out), batch["label"], batch["valid"]),
+      draw=lambda x, valid: visualize.flow_to_color(x, valid, scale),
+      **_regression_report(evaluate.flow_metrics))
 
 
 _BUILDERS = dict(segmentation=segmentation, depth=depth, flow=flow)

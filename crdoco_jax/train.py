@@ -17,8 +17,8 @@ from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 from jax.experimental import multihost_utils
 
-from crdoco_jax import checkpointing, evaluate, parallel, visualize
-from crdoco_jax import pretrained
+from crdoco_jax import checkpointing, parallel, visualize
+from crdoco_jax import pretrained, tasks
 from crdoco_jax import state as state_lib
 from crdoco_jax import train_step as step_lib
 from crdoco_jax.data import input_pipeline
@@ -143,55 +143,33 @@ def _host_sum(x) -> np.ndarray:
 
 
 def evaluate_target(p_eval, state, config) -> Dict[str, Any]:
-  """F_T on the target evaluation split: mIoU and per-class IoU
-  (segmentation), or the depth / flow metrics (``evaluate.py``)."""
+  """F_T on the target evaluation split: the task's metrics (mIoU and
+  per-class IoU, or the depth / flow metrics; ``tasks.py``)."""
   total = None
   for batch in input_pipeline.eval_batches(config):
     sums = jax.tree_util.tree_map(_host_sum,
                                   p_eval(state, parallel.shard(batch)))
     total = sums if total is None else jax.tree_util.tree_map(np.add, total,
                                                               sums)
-  if config.task == "depth":
-    return evaluate.depth_metrics(total)
-  if config.task == "flow":
-    return evaluate.flow_metrics(total)
-  cm = total
-  ious = evaluate.iou_from_confusion(cm)
-  return dict(miou=evaluate.mean_iou(cm), ious=ious,
-              pixel_accuracy=evaluate.pixel_accuracy(cm),
-              pixels=int(cm.sum()))
+  return tasks.get_task(config).metrics(total)
+
+
+def eval_scalars(scores: Dict[str, Any]) -> Dict[str, float]:
+  """``Task.scores`` as TensorBoard scalars: ``eval/target_*`` and
+  ``eval_iou/<class>`` (classes absent from the split are left out)."""
+  out = {f"eval/{k}": v for k, v in scores.items() if k.startswith("target_")}
+  out.update({f"eval_iou/{n}": v
+              for n, v in scores.get("per_class_iou", {}).items()
+              if np.isfinite(v)})
+  return out
 
 
 def write_eval(writer, step: int, result: Dict[str, Any],
                config: ml_collections.ConfigDict) -> None:
-  if config.task != "segmentation":
-    writer.write_scalars(step, {f"eval/target_{k}": v
-                                for k, v in result.items()})
-    logging.info("Target-domain evaluation at step %d: %s", step,
-                 format_metrics(result))
-    return
-  names = config.data.class_names
-  scalars = {"eval/target_miou": 100 * result["miou"],
-             "eval/target_pixel_accuracy": 100 * result["pixel_accuracy"]}
-  scalars.update({f"eval_iou/{n}": 100 * float(v)
-                  for n, v in zip(names, result["ious"]) if np.isfinite(v)})
-  writer.write_scalars(step, scalars)
-  logging.info("Target-domain evaluation at step %d:\n%s", step,
-               evaluate.format_iou_table(result["ious"], names))
-
-
-def _label_drawer(config):
-  """``(label or prediction, valid or None) -> uint8 [H, W, 3]`` tile."""
-  if config.task == "depth":
-    d = config.depth
-    return lambda x, valid: visualize.colorize_depth(x[..., 0], valid,
-                                                     d.min_depth, d.max_depth)
-  if config.task == "flow":
-    return lambda x, valid: visualize.flow_to_color(x, valid,
-                                                    config.flow.scale)
-  palette = visualize.palette_for(config.data.num_classes,
-                                  config.data.class_names)
-  return lambda x, valid: visualize.colorize(x, palette)
+  task = tasks.get_task(config)
+  writer.write_scalars(step, eval_scalars(task.scores(result)))
+  logging.info("Target-domain evaluation at step %d: %s", step,
+               task.describe(result))
 
 
 def summary_image(images: Dict[str, np.ndarray], config,
@@ -202,19 +180,15 @@ def summary_image(images: Dict[str, np.ndarray], config,
   images = {k: np.asarray(v).reshape((-1,) + v.shape[2:])
             for k, v in images.items()}
   img = lambda x: visualize.to_uint8_image(x[..., :3])
-  draw = _label_drawer(config)
+  draw = tasks.get_task(config).draw
   # Methods without translator / target labels show black tiles there.
   black = -np.ones_like(images["source"])
-  no_label = (np.full(images["pred_target"].shape, 255)
-              if config.task == "segmentation" else None)
 
   def label(domain, i):
     if f"{domain}_label" in images:
       valid = images.get(f"{domain}_valid")
       return draw(images[f"{domain}_label"][i],
                   None if valid is None else valid[i])
-    if no_label is not None:
-      return draw(no_label[i], None)
     return np.zeros(images["source"].shape[1:3] + (3,), np.uint8)
 
   rows = []
@@ -345,16 +319,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   if result is None:  # resumed at the end: evaluate the restored state
     result = evaluate_target(p_eval, state, config)
-  if config.task == "segmentation":
-    result = dict(method=config.method, step=tc.num_steps,
-                  target_miou=100 * result["miou"],
-                  per_class_iou={n: 100 * float(v) for n, v in
-                                 zip(config.data.class_names, result["ious"])},
-                  train_seconds_this_run=time.time() - t0)
-  else:  # depth / flow: target_abs_rel, ... / target_epe, target_fl
-    result = dict(method=config.method, step=tc.num_steps, task=config.task,
-                  **{f"target_{k}": v for k, v in result.items()},
-                  train_seconds_this_run=time.time() - t0)
+  # target_miou, per_class_iou / target_abs_rel, ... / target_epe, ...
+  result = dict(method=config.method, step=tc.num_steps, task=config.task,
+                **tasks.get_task(config).scores(result),
+                train_seconds_this_run=time.time() - t0)
   if is_chief:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(result, f, indent=1)
@@ -381,9 +349,10 @@ def format_result(result: Dict[str, Any]) -> str:
 def format_eval(config: ml_collections.ConfigDict,
                 result: Dict[str, Any]) -> str:
   """One line summing up ``evaluate_checkpoint``'s result."""
-  if config.task == "segmentation":
-    return f"Target mIoU: {100 * result['miou']:.2f}"
-  return f"Target {config.task} metrics: {format_metrics(result)}"
+  scores = tasks.get_task(config).scores(result)
+  return f"Target {config.task} metrics: " + format_metrics(
+      {k[len("target_"):]: v for k, v in scores.items()
+       if k.startswith("target_")})
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str
