@@ -54,6 +54,28 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
                 default=str)
 
 
+def read_config(workdir: str, like: ml_collections.ConfigDict
+                ) -> ml_collections.ConfigDict:
+  """The config a run recorded in ``workdir`` (with every command-line
+  override it had), typed as ``like`` (e.g. the same ``get_config``)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path) as f:
+    recorded = json.load(f)
+  config = ml_collections.ConfigDict(like.to_dict())
+  for key, value in recorded.items():
+    *parents, leaf = key.split(".")
+    node = config
+    try:
+      for p in parents:
+        node = node[p]
+      old = node[leaf]
+    except KeyError as e:
+      raise KeyError(f"{path}: key {key!r} is not in this version's config; "
+                     "was the run made with another version?") from e
+    node[leaf] = tuple(value) if isinstance(old, tuple) else value
+  return config
+
+
 def config_differences(workdir: str,
                        config: ml_collections.ConfigDict) -> list:
   """``key: old -> new`` lines where the workdir's recorded config differs."""

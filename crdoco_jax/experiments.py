@@ -15,7 +15,8 @@ output in ``log.txt`` there; a run whose ``results.json`` is complete is not
 run again. The runner then writes ``WORKDIR/results.json`` and
 ``WORKDIR/results.md``: the target metric's mean and standard deviation over
 seeds per method, per-class IoU, the share of the source-only -> oracle gap
-each method closes, wall times and failed runs; and ``WORKDIR/figure.png``
+each method closes, wall times and failed runs, and (segmentation) how
+F_T(I_T) and F_S(G_T->S(I_T)) compare; and ``WORKDIR/figure.png``
 (segmentation): target images, their translation to the source style, the
 source-only and CrDoCo predictions and the label, side by side.
 """
@@ -145,6 +146,10 @@ def summarize(runs: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
       if per_class:
         entry["per_class_iou"] = {
             n: statistics.fmean(p[n] for p in per_class) for n in per_class[0]}
+      diags = [r["diagnostics"] for r in ok.values() if r.get("diagnostics")]
+      if diags:
+        entry["diagnostics"] = {k: _mean_std([d[k] for d in diags])
+                                for k in diags[0]}
     methods[method] = entry
   lo, hi = (methods.get(m, {}).get("metric") for m in ("source_only",
                                                         "oracle"))
@@ -176,6 +181,18 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
             for s in e["failed_seeds"]]
   if failed:
     lines += ["", "Failed runs (see their log.txt): " + ", ".join(failed)]
+  diagnosed = {n: e["diagnostics"] for n, e in methods.items()
+               if "diagnostics" in e}
+  if diagnosed:
+    lines += ["", "The two predictions the consistency loss ties together, on "
+              "the target val split (mean ± std over seeds):", "",
+              "| method | F_T(I_T) mIoU | F_S(G_T->S(I_T)) mIoU | "
+              "pixels where they agree |", "|---|---|---|---|"]
+    for n, d in diagnosed.items():
+      lines.append(f"| {n} | " + " | ".join(
+          f"{d[k]['mean']:.2f} ± {d[k]['std']:.2f}" + ("%" if k == "agreement"
+                                                      else "")
+          for k in ("f_t_miou", "f_s_translated_miou", "agreement")) + " |")
   with_classes = {n: e for n, e in methods.items() if "per_class_iou" in e}
   if with_classes:
     classes = list(next(iter(with_classes.values()))["per_class_iou"])
@@ -188,55 +205,102 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-def figure(config_arg: str, sets: Sequence[str], workdir: str, seed: int,
-           num_images: int) -> Optional[np.ndarray]:
+def load_run(config_arg: str, workdir: str, method: str, seed: int):
+  """``(config, state, nets)`` of a finished run, with the config it
+  recorded (overrides included); None if the run has not finished."""
+  # pylint: disable=g-import-not-at-top
+  from crdoco_jax import checkpointing, train
+  from crdoco_jax.models import build_networks
+  directory = run_dir(workdir, method, seed)
+  if not finished(directory):
+    return None
+  config = checkpointing.read_config(directory,
+                                     load_config(config_arg, method))
+  state, _ = train.initial_state(config, directory)
+  return config, state, build_networks(config)
+
+
+def _target_val(config, batch_size: int):
+  from crdoco_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  with config.unlocked():
+    config.data.eval_per_device_batch = batch_size
+  return input_pipeline.eval_batches(config, num_local_devices=1,
+                                     process_index=0, process_count=1)
+
+
+def _apply(nets, state):
+  """Jitted ``(F_T or F_S logits, G_T->S)`` of a run's state."""
+  import jax  # pylint: disable=g-import-not-at-top
+  task = jax.jit(lambda x, domain: nets.task.apply(
+      {"params": state.task.params, "batch_stats": state.task.batch_stats},
+      x, domain, train=False)["main"], static_argnums=1)
+  t2s = jax.jit(lambda x: nets.translator.apply(
+      {"params": state.translator.params}, x, "T2S"))
+  return task, t2s
+
+
+DIAGNOSTICS_FILE = "diagnostics.json"
+
+
+def diagnose(config_arg: str, workdir: str, method: str, seed: int
+             ) -> Optional[Dict[str, float]]:
+  """For a finished segmentation run with translators, on the whole target
+  val split: mIoU of F_T(I_T) and of F_S(G_T->S(I_T)) (the two predictions
+  the consistency loss ties together) and the share of labelled pixels on
+  which they agree, in %. Cached in the run's ``diagnostics.json``."""
+  directory = run_dir(workdir, method, seed)
+  path = os.path.join(directory, DIAGNOSTICS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  loaded = load_run(config_arg, workdir, method, seed)
+  if loaded is None or loaded[1].translator is None:
+    return None
+  config, state, nets = loaded
+  if config.task != "segmentation":
+    return None
+  from crdoco_jax import evaluate  # pylint: disable=g-import-not-at-top
+  task, t2s = _apply(nets, state)
+  c, ignore = config.data.num_classes, config.data.ignore_label
+  cms, agree, labelled = np.zeros((2, c, c), np.int64), 0, 0
+  for batch in _target_val(config, 32):
+    x, y = batch["image"][0], batch["label"][0]
+    p_t = np.asarray(task(x, "T")).argmax(-1)
+    p_s = np.asarray(task(t2s(x), "S")).argmax(-1)
+    for i, p in enumerate((p_t, p_s)):
+      cms[i] += np.asarray(evaluate.confusion_matrix(p, y, c, ignore))
+    mask = y != ignore
+    agree += int(np.sum((p_t == p_s) & mask))
+    labelled += int(np.sum(mask))
+  out = dict(f_t_miou=100 * evaluate.mean_iou(cms[0]),
+             f_s_translated_miou=100 * evaluate.mean_iou(cms[1]),
+             agreement=100 * agree / max(labelled, 1))
+  with open(path, "w") as f:
+    json.dump(out, f, indent=1)
+  return out
+
+
+def figure(config_arg: str, workdir: str, seed: int, num_images: int
+           ) -> Optional[np.ndarray]:
   """Target val images | I_T->S | source-only | CrDoCo | label, from the
   ``seed`` runs of source_only and crdoco; None if either is missing."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  from crdoco_jax import train, visualize
-  from crdoco_jax.data import input_pipeline
-  from crdoco_jax.models import build_networks
-
-  def load(method):
-    directory = run_dir(workdir, method, seed)
-    if not finished(directory):
-      return None
-    config = load_config(config_arg, method)
-    with config.unlocked():
-      config.seed = seed
-      for s in sets:
-        key, _, value = s.partition("=")
-        _set(config, key, value)
-    state, _ = train.initial_state(config, directory)
-    return config, state, build_networks(config)
-
-  loaded = {m: load(m) for m in ("source_only", "crdoco")}
+  from crdoco_jax import visualize  # pylint: disable=g-import-not-at-top
+  loaded = {m: load_run(config_arg, workdir, m, seed)
+            for m in ("source_only", "crdoco")}
   if any(v is None for v in loaded.values()):
     return None
   config = loaded["crdoco"][0]
   if config.task != "segmentation":
     return None
-  with config.unlocked():
-    config.data.eval_per_device_batch = num_images
-  batch = next(input_pipeline.eval_batches(config, num_local_devices=1,
-                                           process_index=0, process_count=1))
+  batch = next(_target_val(config, num_images))
   x, y = batch["image"][0], batch["label"][0]
-
-  def predict(method, images):
-    _, state, nets = loaded[method]
-    out = nets.task.apply({"params": state.task.params,
-                           "batch_stats": state.task.batch_stats},
-                          images, "T", train=False)["main"]
-    return np.asarray(jax.numpy.argmax(out, -1))
-
-  _, state, nets = loaded["crdoco"]
-  x_ts = np.asarray(nets.translator.apply({"params": state.translator.params},
-                                          x, "T2S"))
+  predict = {m: _apply(nets, state) for m, (_, state, nets) in loaded.items()}
+  x_ts = np.asarray(predict["crdoco"][1](x))
   palette = visualize.palette_for(config.data.num_classes,
                                   config.data.class_names)
   color = lambda labels: visualize.colorize(labels, palette)
-  p_src, p_crdoco = predict("source_only", x), predict("crdoco", x)
+  p_src, p_crdoco = (np.asarray(predict[m][0](x, "T")).argmax(-1)
+                     for m in ("source_only", "crdoco"))
   return visualize.image_grid([
       [visualize.to_uint8_image(x[i]), visualize.to_uint8_image(x_ts[i]),
        color(p_src[i]), color(p_crdoco[i]), color(y[i])]
@@ -253,23 +317,6 @@ def load_config(config_arg: str, method: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(",".join(v for v in (variants, method) if v))
-
-
-def _set(config, dotted: str, value: str) -> None:
-  """Applies a ``--set`` override to a loaded config (figure only)."""
-  *parents, leaf = dotted.split(".")
-  node = config
-  for p in parents:
-    node = node[p]
-  old = node[leaf]
-  if isinstance(old, bool):
-    node[leaf] = value.lower() in ("1", "true")
-  elif isinstance(old, (int, float)) and not isinstance(old, bool):
-    node[leaf] = type(old)(float(value))
-  elif isinstance(old, tuple):
-    node[leaf] = tuple(int(v) for v in value.strip("()").split(",") if v)
-  else:
-    node[leaf] = value
 
 
 def run_experiments(config: str, workdir: str, methods: Sequence[str],
@@ -295,6 +342,9 @@ def run_experiments(config: str, workdir: str, methods: Sequence[str],
                         "%s/log.txt.", method, seed, run["returncode"],
                         directory)
       runs[method][seed] = dict(result=result, **run)
+      if result is not None:
+        runs[method][seed]["diagnostics"] = diagnose(config, workdir, method,
+                                                     seed)
   summary = summarize(runs)
   command = " ".join([os.path.basename(sys.executable), "-m",
                       "crdoco_jax.experiments"] + sys.argv[1:])
@@ -304,7 +354,7 @@ def run_experiments(config: str, workdir: str, methods: Sequence[str],
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(markdown(summary, command))
   if figure_images > 0 and ("source_only" in methods and "crdoco" in methods):
-    grid = figure(config, sets, workdir, seeds[0], figure_images)
+    grid = figure(config, workdir, seeds[0], figure_images)
     if grid is not None:
       from crdoco_jax import visualize  # pylint: disable=g-import-not-at-top
       visualize.save_png(os.path.join(workdir, "figure.png"), grid)

@@ -75,6 +75,16 @@ def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
     assert 0.0 <= result["target_miou"] <= 100.0
   table = open(os.path.join(workdir, "results.md")).read()
   assert "| crdoco |" in table and "no_such_method seed 3" in table
+  # The consistency diagnostics: F_T as the run evaluated it, F_S on the
+  # translated images, their agreement; none without translators.
+  diag = methods["crdoco"]["diagnostics"]
+  with open(os.path.join(workdir, "crdoco", "seed_3", "results.json")) as f:
+    crdoco_miou = json.load(f)["target_miou"]
+  assert diag["f_t_miou"]["mean"] == pytest.approx(crdoco_miou, abs=1e-6)
+  assert 0.0 <= diag["f_s_translated_miou"]["mean"] <= 100.0
+  assert 0.0 <= diag["agreement"]["mean"] <= 100.0
+  assert "diagnostics" not in methods["source_only"]
+  assert "F_S(G_T->S(I_T)) mIoU" in table
   figure = np.asarray(Image.open(os.path.join(workdir, "figure.png")))
   # 2 target images x 5 panels of 32 x 32 with 2-pixel padding.
   assert figure.shape == (2 * 32 + 3 * 2, 5 * 32 + 6 * 2, 3)
@@ -121,3 +131,10 @@ def test_runner_on_two_folder_domains(tmp_path):
     config = json.load(f)
   assert config["target.name"] == "folder"
   assert config["target.dir"] == target
+  # The recorded config, read back typed as the base config.
+  from configs import seg  # pylint: disable=g-import-not-at-top
+  from crdoco_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  restored = checkpointing.read_config(
+      os.path.join(workdir, "oracle", "seed_0"), seg.get_config("tiny,oracle"))
+  assert restored.target.dir == target and restored.seed == 0
+  assert isinstance(restored.target.image_size, tuple)
