@@ -108,6 +108,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # Which task nets the consistency loss trains: 'both' (the paper),
       # 'target_net' (F_S's prediction is a fixed target) or 'source_net'.
       consistency_grad="both",
+      # Class balance of the consistency KL: pixel weights sum_c q_c f_c^-b
+      # (losses.class_balance_weights); 0 = the paper's plain pixel mean.
+      consistency_balance=0.0,
   ))
   c.optim = ml_collections.ConfigDict(dict(
       # CycleGAN: Adam 2e-4, betas (0.5, 0.999), constant then linear decay.

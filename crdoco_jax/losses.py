@@ -172,6 +172,31 @@ def bidirectional_kl(logits_a: Array, logits_b: Array,
   return masked_mean(per_pixel, mask), per_pixel
 
 
+def class_balance_weights(logits_a: Array, logits_b: Array,
+                          power: float = 1.0, eps: float = 1e-4) -> Array:
+  """Per-pixel weights that balance a consistency loss over classes.
+
+  A plain mean over pixels lets the majority classes dominate the
+  agreement, and two unsupervised predictions then agree by giving up the
+  small classes (README, "Evidence"). Here a pixel's weight is
+  ``sum_c q_c * f_c**-power`` with ``q`` the mean of the two softmaxes and
+  ``f_c`` the share of class ``c`` in ``q`` over the batch (as class-balanced
+  self-training does with pseudo-labels); ``power=1`` gives every class the
+  same total weight, ``0`` is the plain mean. No gradient flows through the
+  weights; they are normalised to mean 1.
+
+  Args:
+    logits_a, logits_b: ``[N, H, W, C]`` logits of the two predictions.
+  Returns:
+    ``[N, H, W]`` float32 weights, mean 1.
+  """
+  q = jax.lax.stop_gradient(0.5 * (jax.nn.softmax(_f32(logits_a), -1)
+                                   + jax.nn.softmax(_f32(logits_b), -1)))
+  share = jnp.mean(q, axis=tuple(range(q.ndim - 1)))
+  weights = jnp.sum(q * (share + eps) ** -power, axis=-1)
+  return weights / jnp.mean(weights)
+
+
 def regression_consistency(pred_a: Array, pred_b: Array,
                            mask: Optional[Array] = None,
                            stop_gradient_a: bool = False,

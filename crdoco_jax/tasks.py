@@ -70,6 +70,13 @@ def _regression_loss(name: str) -> Callable:
   raise ValueError(f"Unknown loss.regression {name!r}; use l1, berhu or epe.")
 
 
+def _check_regression_loss(config: ml_collections.ConfigDict) -> None:
+  if config.loss.consistency_balance:
+    raise ValueError(
+        f"loss.consistency_balance={config.loss.consistency_balance} weights "
+        f"classes; the {config.task} task has none. Leave it at 0.")
+
+
 def _regression_labels(batch, domain):
   return batch[_key(domain, "label")], batch[_key(domain, "valid")]
 
@@ -78,6 +85,18 @@ def _consistency_l1(a: Array, b: Array) -> Array:
   # Both predictions of the same scene are free (no stop-gradient), as the
   # segmentation KL: each task net pulls the other towards agreement.
   return losses.regression_consistency(a, b)[0]
+
+
+def _segmentation_consistency(balance: float) -> Callable:
+  """Bidirectional KL, optionally class-balanced (``loss.consistency_balance``
+  is the power of :func:`losses.class_balance_weights`; 0 = the paper)."""
+  if balance < 0:
+    raise ValueError(f"loss.consistency_balance={balance} must be >= 0 "
+                     "(0: the paper's plain mean; 1: class-balanced).")
+  if not balance:
+    return lambda a, b: losses.bidirectional_kl(a, b)[0]
+  return lambda a, b: losses.bidirectional_kl(
+      a, b, losses.class_balance_weights(a, b, balance))[0]
 
 
 def segmentation(config: ml_collections.ConfigDict) -> Task:
@@ -90,7 +109,7 @@ def segmentation(config: ml_collections.ConfigDict) -> Task:
       labels=lambda batch, domain: batch[_key(domain, "label")],
       supervised=lambda out, y: losses.softmax_cross_entropy(out, y,
                                                              ignore)[0],
-      consistency=lambda a, b: losses.bidirectional_kl(a, b)[0],
+      consistency=_segmentation_consistency(config.loss.consistency_balance),
       disc_input=lambda out: jax.nn.softmax(out, axis=-1),
       predict=argmax,
       eval_sums=lambda out, batch: evaluate.confusion_matrix(
@@ -122,6 +141,7 @@ def _regression_report(metrics: Callable) -> Dict[str, Callable]:
 def depth(config: ml_collections.ConfigDict) -> Task:
   """Depth in metres; the net regresses ``log(depth)`` or metres."""
   d = config.depth
+  _check_regression_loss(config)
   loss = _regression_loss(config.loss.regression)
   if d.log_depth:
     encode = lambda m: jnp.log(jnp.maximum(m, d.min_depth))
@@ -161,6 +181,7 @@ def flow(config: ml_collections.ConfigDict) -> Task:
   """Two-frame flow in pixels; the net regresses ``flow / flow.scale``
   (FlowNet's trick: O(1) targets for any image size)."""
   scale = config.flow.scale
+  _check_regression_loss(config)
   loss = _regression_loss(config.loss.regression)
 
   def supervised(out, labels):

@@ -126,6 +126,10 @@ def test_depth_eval_crop_masks_match_numpy_slicing():
   config.depth.eval_crop = "eigne"
   with pytest.raises(ValueError, match="eigen"):
     tasks.get_task(config)  # at set-up, not at the first evaluation
+  config.depth.eval_crop = "garg"
+  config.loss.consistency_balance = 1.0  # classes only exist in segmentation
+  with pytest.raises(ValueError, match="consistency_balance=1.0"):
+    tasks.get_task(config)
 
 
 def test_depth_task_eval_counts_only_the_crop():

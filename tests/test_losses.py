@@ -114,6 +114,33 @@ def test_bidirectional_kl_empty_mask_is_zero():
 
 
 # ------------------------------------------------------------- regression
+def test_class_balance_weights():
+  # One-hot-like predictions: class 0 on 90% of the pixels, class 1 on 10%.
+  labels = np.zeros((2, 10, 10), np.int32)
+  labels[:, :, 0] = 1
+  logits = jnp.asarray(20.0 * np.eye(3)[labels])
+  w = np.asarray(losses.class_balance_weights(logits, logits, power=1.0))
+  assert w.shape == (2, 10, 10)
+  np.testing.assert_allclose(w.mean(), 1.0, rtol=1e-5)
+  # power 1: both classes get the same total weight, so the rare pixels
+  # weigh 9x the common ones.
+  np.testing.assert_allclose(w[labels == 1].sum(), w[labels == 0].sum(),
+                             rtol=1e-3)
+  np.testing.assert_allclose(w[labels == 1][0] / w[labels == 0][0], 9.0,
+                             rtol=1e-3)
+  # power 0 is the plain mean.
+  np.testing.assert_allclose(
+      losses.class_balance_weights(logits, logits, power=0.0), 1.0, rtol=1e-6)
+  # The weights carry no gradient; the weighted KL still does.
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.normal(size=(2, 4, 4, 3))) for _ in range(2))
+  g = jax.grad(lambda x: losses.class_balance_weights(x, b).sum())(a)
+  np.testing.assert_array_equal(g, 0.0)
+  weighted = lambda x: losses.bidirectional_kl(
+      x, b, losses.class_balance_weights(x, b))[0]
+  assert np.abs(np.asarray(jax.grad(weighted)(a))).max() > 0
+
+
 def test_l1_and_regression_consistency_masked():
   p, t = random_logits((2, 3, 3, 2)), random_logits((2, 3, 3, 2))
   mask = RNG.random((2, 3, 3, 1)) > 0.5
