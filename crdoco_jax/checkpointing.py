@@ -34,11 +34,12 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   manager.wait_until_finished()
 
 
-def _flat_config(config: Any, prefix: str = "") -> dict:
+def flat_config(config: Any, prefix: str = "") -> dict:
+  """``{"section.key": value}`` of a (nested) config dict; tuples as lists."""
   out = {}
   for k, v in config.items():
     if isinstance(v, (dict, ml_collections.ConfigDict)):
-      out.update(_flat_config(v, f"{prefix}{k}."))
+      out.update(flat_config(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
   return out
@@ -50,7 +51,7 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if not os.path.exists(path):
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
-      json.dump(_flat_config(config.to_dict()), f, indent=1, sort_keys=True,
+      json.dump(flat_config(config.to_dict()), f, indent=1, sort_keys=True,
                 default=str)
 
 
@@ -84,7 +85,7 @@ def config_differences(workdir: str,
     return []
   with open(path) as f:
     old = json.load(f)
-  new = json.loads(json.dumps(_flat_config(config.to_dict()), default=str))
+  new = json.loads(json.dumps(flat_config(config.to_dict()), default=str))
   return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 

@@ -12,7 +12,12 @@ r"""Experiment runner: methods x seeds, one process per run, one table.
 Each (method, seed) trains with ``launch.py`` in its own process under
 ``WORKDIR/METHOD/seed_S`` (so one failed run loses nothing else), with its
 output in ``log.txt`` there; a run whose ``results.json`` is complete is not
-run again. The runner then writes ``WORKDIR/results.json`` and
+run again. Methods whose configs differ only in what the adaptation phase
+reads (``ADAPT_ONLY_KEYS``: crdoco and its ablations) share the translators'
+CycleGAN pretraining: it runs once per seed under ``WORKDIR/_pretraining``
+and each of them starts from its checkpoint, exactly where a run of its own
+would have been (``--noshare_pretraining`` to run it per method). The
+runner then writes ``WORKDIR/results.json`` and
 ``WORKDIR/results.md``: the target metric's mean and standard deviation over
 seeds per method, per-class IoU, the share of the source-only -> oracle gap
 each method closes, wall times and failed runs, and (segmentation) how
@@ -22,6 +27,7 @@ source-only and CrDoCo predictions and the label, side by side.
 """
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,6 +58,11 @@ _TARGET_DIR = flags.DEFINE_string(
     "target_dir", None, "Target folder domain (sets target.name=folder).")
 _FIGURE_IMAGES = flags.DEFINE_integer("figure_images", 4,
                                       "Target images in figure.png (0: none).")
+_SHARE_PRETRAINING = flags.DEFINE_bool(
+    "share_pretraining", True,
+    "Run the translators' CycleGAN pretraining (translator.pretrain_steps) "
+    "once per seed for the methods that differ only after it, and start "
+    "each of them from its checkpoint.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -86,6 +97,67 @@ def launch_command(config: str, method: str, seed: int, workdir: str,
           + [f"--config.{s}" for s in sets])
 
 
+# Config keys that only the adaptation phase reads (train_step.py): methods
+# that differ in nothing else run an identical pretraining phase, since the
+# batches of a step are a pure function of (seed, step).
+ADAPT_ONLY_KEYS = ("method", "loss.task", "loss.consistency", "loss.feat_adv",
+                   "loss.feat_gan", "loss.aux.", "loss.adapt_start",
+                   "loss.adapt_ramp", "loss.consistency_grad",
+                   "loss.consistency_balance", "translator.frozen",
+                   "translator.task_gradients", "optim.task_net.",
+                   "optim.d_feat.", "train.num_steps")
+PRETRAIN_DIR = "_pretraining"
+
+
+def pretraining_key(config) -> Optional[str]:
+  """What a run's pretraining phase depends on (a JSON string), or None if
+  it has none (no translators, or ``translator.pretrain_steps`` 0)."""
+  # pylint: disable=g-import-not-at-top
+  from crdoco_jax import checkpointing, state
+  if not state.uses_translator(config) or not config.translator.pretrain_steps:
+    return None
+  flat = checkpointing.flat_config(config.to_dict())
+  return json.dumps({k: v for k, v in flat.items()
+                     if not k.startswith(ADAPT_ONLY_KEYS)}, sort_keys=True,
+                    default=str)
+
+
+def pretraining_groups(config_arg: str, methods: Sequence[str],
+                       sets: Sequence[str]) -> Dict[str, List[str]]:
+  """``{first method: methods}`` for every group of at least two methods
+  with the same pretraining phase (``--set`` overrides applied)."""
+  groups: Dict[str, List[str]] = {}
+  for method in methods:
+    try:
+      key = pretraining_key(load_config(config_arg, method, sets))
+    except Exception:  # pylint: disable=broad-except
+      continue  # an unknown method fails in its own run, with its own log
+    if key is not None:
+      groups.setdefault(key, []).append(method)
+  return {g[0]: g for g in groups.values() if len(g) > 1}
+
+
+def pretrain_shared(config_arg: str, workdir: str, method: str, seed: int,
+                    sets: Sequence[str]) -> Optional[str]:
+  """Runs (or finds) the pretraining of ``method``'s group for ``seed``;
+  returns its checkpoint folder, or None if it failed."""
+  steps = load_config(config_arg, method, sets).translator.pretrain_steps
+  directory = run_dir(os.path.join(workdir, PRETRAIN_DIR), method, seed)
+  checkpoint = os.path.join(directory, "checkpoints", str(steps))
+  if finished(directory) is None:
+    command = launch_command(config_arg, method, seed, directory,
+                             list(sets) + [f"train.num_steps={steps}"])
+    logging.info("pretraining for seed %d: %s", seed, " ".join(command))
+    run = run_one(command, directory)
+    if finished(directory) is None:
+      logging.error("The shared pretraining of seed %d failed (exit code "
+                    "%d); its output is in %s/log.txt. Its methods will "
+                    "pretrain on their own.", seed, run["returncode"],
+                    directory)
+      return None
+  return checkpoint if os.path.isdir(checkpoint) else None
+
+
 def finished(directory: str) -> Optional[Dict[str, Any]]:
   """The run's results if it ran to its last step, else None."""
   try:
@@ -110,6 +182,14 @@ def run_one(command: List[str], directory: str) -> Dict[str, Any]:
   with open(os.path.join(directory, RUN_FILE), "w") as f:
     json.dump(run, f, indent=1)
   return run
+
+
+def _wall_seconds(directory: str) -> Optional[float]:
+  try:
+    with open(os.path.join(directory, RUN_FILE)) as f:
+      return json.load(f)["wall_seconds"]
+  except (FileNotFoundError, json.JSONDecodeError, KeyError):
+    return None
 
 
 def _mean_std(values: Sequence[float]) -> Dict[str, float]:
@@ -177,6 +257,14 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
     lines.append(f"| {name} | {m['mean']:.2f} ± {m['std']:.2f} | {m['n']} | "
                  f"{per_seed} | {gap} | {e['wall_seconds']['mean'] / 60:.1f} "
                  "min |")
+  for group, times in zip(summary.get("pretraining_groups", []),
+                          summary.get("pretraining", {}).values()):
+    done = [t for t in times.values() if t is not None]
+    took = (f", {statistics.fmean(done) / 60:.1f} min per seed" if done
+            else "")
+    lines += ["", f"{', '.join(group)} start from one shared translator "
+              f"pretraining per seed (`{PRETRAIN_DIR}/`{took}; not in their "
+              "wall time)."]
   failed = [f"{n} seed {s}" for n, e in methods.items()
             for s in e["failed_seeds"]]
   if failed:
@@ -307,24 +395,52 @@ def figure(config_arg: str, workdir: str, seed: int, num_images: int
       for i in range(len(x))])
 
 
-def load_config(config_arg: str, method: str):
-  """``get_config`` of ``FILE:VARIANTS`` plus ``method``, as launch.py
-  would build it (before ``--config.*`` overrides)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
+def load_config(config_arg: str, method: str, sets: Sequence[str] = ()):
+  """The config of ``FILE:VARIANTS`` plus ``method`` and ``--set``
+  overrides, parsed exactly as launch.py parses its flags."""
+  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags
   file, _, variants = config_arg.partition(":")
   path = file if os.path.isabs(file) else os.path.join(_ROOT, file)
-  spec = importlib.util.spec_from_file_location("_experiment_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(",".join(v for v in (variants, method) if v))
+  variants = ",".join(v for v in (variants, method) if v)
+  argv = (["experiments", f"--config={path}:{variants}"]
+          + [f"--config.{s}" for s in sets])
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def start_from_pretraining(config: str, workdir: str, group: Sequence[str],
+                           seed: int, sets: Sequence[str]) -> None:
+  """Seeds the unstarted runs of ``group`` with the group's shared
+  pretraining checkpoint (running it first if needed)."""
+  fresh = [run_dir(workdir, m, seed) for m in group
+           if not os.path.isdir(os.path.join(run_dir(workdir, m, seed),
+                                             "checkpoints"))]
+  if not fresh:
+    return
+  checkpoint = pretrain_shared(config, workdir, group[0], seed, sets)
+  if checkpoint is None:
+    return
+  for directory in fresh:
+    shutil.copytree(checkpoint, os.path.join(
+        directory, "checkpoints", os.path.basename(checkpoint)))
+    logging.info("%s starts from the shared pretraining %s.", directory,
+                 checkpoint)
 
 
 def run_experiments(config: str, workdir: str, methods: Sequence[str],
                     seeds: Sequence[int], sets: Sequence[str],
-                    figure_images: int = 4) -> Dict[str, Any]:
+                    figure_images: int = 4, share_pretraining: bool = True
+                    ) -> Dict[str, Any]:
   """Trains every missing (method, seed) run, then writes the tables."""
   runs = {m: {} for m in methods}
+  groups = (pretraining_groups(config, methods, sets) if share_pretraining
+            else {})
   for seed in seeds:  # seeds outermost: a partial table covers every method
+    for group in groups.values():
+      start_from_pretraining(config, workdir, group, seed, sets)
     for method in methods:
       directory = run_dir(workdir, method, seed)
       result = finished(directory)
@@ -346,6 +462,11 @@ def run_experiments(config: str, workdir: str, methods: Sequence[str],
         runs[method][seed]["diagnostics"] = diagnose(config, workdir, method,
                                                      seed)
   summary = summarize(runs)
+  summary["pretraining"] = {
+      m: {seed: _wall_seconds(run_dir(os.path.join(workdir, PRETRAIN_DIR), m,
+                                      seed)) for seed in seeds}
+      for m in groups}
+  summary["pretraining_groups"] = list(groups.values())
   command = " ".join([os.path.basename(sys.executable), "-m",
                       "crdoco_jax.experiments"] + sys.argv[1:])
   summary.update(config=config, overrides=list(sets), command=command)
@@ -368,7 +489,7 @@ def main(argv):
   sets = overrides(_SET.value, _SOURCE_DIR.value, _TARGET_DIR.value)
   summary = run_experiments(_CONFIG.value, _WORKDIR.value, _METHODS.value,
                             [int(s) for s in _SEEDS.value], sets,
-                            _FIGURE_IMAGES.value)
+                            _FIGURE_IMAGES.value, _SHARE_PRETRAINING.value)
   with open(os.path.join(_WORKDIR.value, "results.md")) as f:
     print(f.read())
   failed = sum(len(e["failed_seeds"]) for e in summary["methods"].values())

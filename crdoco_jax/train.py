@@ -228,14 +228,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   logging.info("Parameters per network group: %s",
                state_lib.parameter_counts(host_state))
   if start == 0:
-    writer.write_hparams(checkpointing._flat_config(config.to_dict()))  # pylint: disable=protected-access
+    writer.write_hparams(checkpointing.flat_config(config.to_dict()))
   state = parallel.replicate(host_state)
   del host_state
 
   nets = build_networks(config, bn_axis_name=parallel.AXIS)
   pmap = lambda f, **kw: jax.pmap(f, axis_name=parallel.AXIS, **kw)
-  phases = (["translator"] if config.translator.pretrain_steps > 0 else []) + [
-      "adapt"]
+  # Methods without translators have nothing to pretrain.
+  pretrain = (config.translator.pretrain_steps
+              if state_lib.uses_translator(config) else 0)
+  phases = (["translator"] if pretrain > 0 else []) + ["adapt"]
   p_train = {p: pmap(step_lib.make_train_step(config, nets, p),
                      donate_argnums=(0,)) for p in phases}
   p_eval = pmap(step_lib.make_eval_step(config, nets))
@@ -268,8 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   # an error, or the last step).
   try:
     for step in range(start, tc.num_steps):
-      phase = ("translator" if step < config.translator.pretrain_steps
-               else "adapt")
+      phase = "translator" if step < pretrain else "adapt"
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         t = time.time()
         batch = next(batches)

@@ -57,8 +57,9 @@ def test_overrides_reject_malformed_set():
 def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
   workdir = str(tmp_path / "table")
   sets = [f"data.tfds_data_dir={tfds_dir}"]
-  proc = _run(workdir, "source_only,crdoco,no_such_method", "3", sets,
-              "--figure_images=2")
+  # crdoco and no_consistency share one translator pretraining (2 steps).
+  proc = _run(workdir, "source_only,crdoco,no_consistency,no_such_method",
+              "3", sets + ["translator.pretrain_steps=2"], "--figure_images=2")
   # The unknown method fails on its own; the others finish.
   assert proc.returncode != 0, proc.stdout + proc.stderr
   with open(os.path.join(workdir, "results.json")) as f:
@@ -75,6 +76,13 @@ def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
     assert 0.0 <= result["target_miou"] <= 100.0
   table = open(os.path.join(workdir, "results.md")).read()
   assert "| crdoco |" in table and "no_such_method seed 3" in table
+  shared = os.path.join(workdir, experiments.PRETRAIN_DIR, "crdoco", "seed_3")
+  assert experiments.finished(shared)["step"] == 2
+  assert summary["pretraining_groups"] == [["crdoco", "no_consistency"]]
+  for method in ("crdoco", "no_consistency"):
+    log = open(os.path.join(workdir, method, "seed_3", "log.txt")).read()
+    assert "Resuming from the checkpoint of step 2" in log, method
+  assert "crdoco, no_consistency start from one shared" in table
   # The consistency diagnostics: F_T as the run evaluated it, F_S on the
   # translated images, their agreement; none without translators.
   diag = methods["crdoco"]["diagnostics"]

@@ -235,3 +235,48 @@ def test_translator_pretraining_phase_updates_only_translators(tiny_config):
   with pytest.raises(ValueError, match="source_only"):
     step_lib.make_train_step(seg.get_config("tiny,source_only"), nets,
                              "translator")
+
+
+def test_pretraining_phase_ignores_the_adaptation_only_keys(tiny_config):
+  # The experiment runner shares one pretraining among methods that differ
+  # only in experiments.ADAPT_ONLY_KEYS; change every one of them at once.
+  from crdoco_jax import checkpointing, experiments  # pylint: disable=g-import-not-at-top
+  tiny_config = seg.get_config("tiny")
+  other = seg.get_config("tiny,consistency_only")
+  with other.unlocked():
+    other.loss.update(task=2.0, consistency=0.5, feat_adv=0.3, feat_gan="lsgan",
+                      adapt_start=3, adapt_ramp=5, consistency_grad="target_net",
+                      consistency_balance=1.0)
+    other.loss.aux.update(task=0.3, consistency=0.2, feat_adv=0.7)
+    other.translator.task_gradients = False
+    other.optim.task_net.update(name="sgd", lr=0.5, schedule="poly")
+    other.optim.d_feat.update(name="sgd", lr=0.5, schedule="constant")
+    other.train.num_steps = 9
+    flat = lambda c: checkpointing.flat_config(c.to_dict())
+    adapt_only = {k for k in flat(other)
+                  if k.startswith(experiments.ADAPT_ONLY_KEYS)}
+    for key in adapt_only:  # every remaining number too
+      section, leaf = key.rsplit(".", 1) if "." in key else ("", key)
+      node = other
+      for part in filter(None, section.split(".")):
+        node = node[part]
+      if (flat(other)[key] == flat(tiny_config)[key]
+          and isinstance(node[leaf], (int, float))):
+        node[leaf] = node[leaf] * 0.5 + 1  # ints: + 1 keeps them ints
+  changed = {k for k, v in flat(other).items() if flat(tiny_config)[k] != v}
+  assert changed == adapt_only, changed ^ adapt_only
+  for config in (tiny_config, other):
+    config.translator.pretrain_steps = 2
+  assert (experiments.pretraining_key(tiny_config)
+          == experiments.pretraining_key(other))
+  host_state = state_lib.create_train_state(
+      tiny_config, models.build_networks(tiny_config), jax.random.PRNGKey(0))
+  batch = parallel.shard(input_pipeline.TrainBatches(tiny_config).batch(0))
+  outputs = []
+  for config in (tiny_config, other):
+    nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
+    p_step = jax.pmap(step_lib.make_train_step(config, nets, "translator"),
+                      axis_name=parallel.AXIS)
+    outputs.append(p_step(parallel.replicate(host_state), batch))
+  for a, b in zip(*(jax.tree_util.tree_leaves(o) for o in outputs)):
+    np.testing.assert_array_equal(a, b)
