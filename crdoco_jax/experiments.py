@@ -40,6 +40,8 @@ import numpy as np
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FILE = "run.json"        # per run: command, return code, wall time
 RESULTS_FILE = "results.json"  # per run (written by train.py) and summary
+DIAGNOSTICS_FILE = "diagnostics.json"  # per run: see diagnose()
+DIAGNOSTICS = ("f_t_miou", "f_s_translated_miou", "agreement")
 
 _CONFIG = flags.DEFINE_string(
     "config", "configs/seg.py:demo",
@@ -229,7 +231,11 @@ def summarize(runs: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
       diags = [r["diagnostics"] for r in ok.values() if r.get("diagnostics")]
       if diags:
         entry["diagnostics"] = {k: _mean_std([d[k] for d in diags])
-                                for k in diags[0]}
+                                for k in DIAGNOSTICS}
+        entry["diagnostics_per_class"] = {
+            net: {n: statistics.fmean(d["per_class"][net][n] for d in diags)
+                  for n in diags[0]["per_class"][net]}
+            for net in diags[0]["per_class"]}
     methods[method] = entry
   lo, hi = (methods.get(m, {}).get("metric") for m in ("source_only",
                                                         "oracle"))
@@ -260,11 +266,11 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
   for group, times in zip(summary.get("pretraining_groups", []),
                           summary.get("pretraining", {}).values()):
     done = [t for t in times.values() if t is not None]
-    took = (f", {statistics.fmean(done) / 60:.1f} min per seed" if done
-            else "")
-    lines += ["", f"{', '.join(group)} start from one shared translator "
-              f"pretraining per seed (`{PRETRAIN_DIR}/`{took}; not in their "
-              "wall time)."]
+    if done:  # else the runs predate sharing, or it failed
+      lines += ["", f"{', '.join(group)} start from one shared translator "
+                f"pretraining per seed (`{PRETRAIN_DIR}/`, "
+                f"{statistics.fmean(done) / 60:.1f} min per seed; not in their "
+                "wall time)."]
   failed = [f"{n} seed {s}" for n, e in methods.items()
             for s in e["failed_seeds"]]
   if failed:
@@ -280,7 +286,7 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
       lines.append(f"| {n} | " + " | ".join(
           f"{d[k]['mean']:.2f} ± {d[k]['std']:.2f}" + ("%" if k == "agreement"
                                                       else "")
-          for k in ("f_t_miou", "f_s_translated_miou", "agreement")) + " |")
+          for k in DIAGNOSTICS) + " |")
   with_classes = {n: e for n, e in methods.items() if "per_class_iou" in e}
   if with_classes:
     classes = list(next(iter(with_classes.values()))["per_class_iou"])
@@ -290,6 +296,10 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
     for n, e in with_classes.items():
       lines.append(f"| {n} | " + " | ".join(
           f"{e['per_class_iou'][c]:.1f}" for c in classes) + " |")
+      if "diagnostics_per_class" in e:
+        lines.append(f"| {n}: F_S(G_T->S(I_T)) | " + " | ".join(
+            f"{e['diagnostics_per_class']['f_s_translated'][c]:.1f}"
+            for c in classes) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -327,8 +337,6 @@ def _apply(nets, state):
   return task, t2s
 
 
-DIAGNOSTICS_FILE = "diagnostics.json"
-
 
 def diagnose(config_arg: str, workdir: str, method: str, seed: int
              ) -> Optional[Dict[str, float]]:
@@ -340,7 +348,9 @@ def diagnose(config_arg: str, workdir: str, method: str, seed: int
   path = os.path.join(directory, DIAGNOSTICS_FILE)
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f)
+      cached = json.load(f)
+    if "per_class" in cached:  # else written by an older version: redo
+      return cached
   loaded = load_run(config_arg, workdir, method, seed)
   if loaded is None or loaded[1].translator is None:
     return None
@@ -360,9 +370,15 @@ def diagnose(config_arg: str, workdir: str, method: str, seed: int
     mask = y != ignore
     agree += int(np.sum((p_t == p_s) & mask))
     labelled += int(np.sum(mask))
+  per_class = lambda cm: dict(zip(config.data.class_names, (
+      100 * evaluate.iou_from_confusion(cm)).tolist()))
   out = dict(f_t_miou=100 * evaluate.mean_iou(cms[0]),
              f_s_translated_miou=100 * evaluate.mean_iou(cms[1]),
-             agreement=100 * agree / max(labelled, 1))
+             agreement=100 * agree / max(labelled, 1),
+             # Where the two nets are good differs by class; the
+             # consistency loss can only keep what they share.
+             per_class=dict(f_t=per_class(cms[0]),
+                            f_s_translated=per_class(cms[1])))
   with open(path, "w") as f:
     json.dump(out, f, indent=1)
   return out

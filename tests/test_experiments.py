@@ -57,9 +57,11 @@ def test_overrides_reject_malformed_set():
 def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
   workdir = str(tmp_path / "table")
   sets = [f"data.tfds_data_dir={tfds_dir}"]
-  # crdoco and no_consistency share one translator pretraining (2 steps).
+  # crdoco and no_consistency share one translator pretraining; with all
+  # 4 steps in it, their own runs only restore and evaluate (keeps the test
+  # short; the adaptation step itself is tested in test_train.py).
   proc = _run(workdir, "source_only,crdoco,no_consistency,no_such_method",
-              "3", sets + ["translator.pretrain_steps=2"], "--figure_images=2")
+              "3", sets + ["translator.pretrain_steps=4"], "--figure_images=2")
   # The unknown method fails on its own; the others finish.
   assert proc.returncode != 0, proc.stdout + proc.stderr
   with open(os.path.join(workdir, "results.json")) as f:
@@ -77,11 +79,11 @@ def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
   table = open(os.path.join(workdir, "results.md")).read()
   assert "| crdoco |" in table and "no_such_method seed 3" in table
   shared = os.path.join(workdir, experiments.PRETRAIN_DIR, "crdoco", "seed_3")
-  assert experiments.finished(shared)["step"] == 2
+  assert experiments.finished(shared)["step"] == 4
   assert summary["pretraining_groups"] == [["crdoco", "no_consistency"]]
   for method in ("crdoco", "no_consistency"):
     log = open(os.path.join(workdir, method, "seed_3", "log.txt")).read()
-    assert "Resuming from the checkpoint of step 2" in log, method
+    assert "Resuming from the checkpoint of step 4" in log, method
   assert "crdoco, no_consistency start from one shared" in table
   # The consistency diagnostics: F_T as the run evaluated it, F_S on the
   # translated images, their agreement; none without translators.
@@ -93,6 +95,11 @@ def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
   assert 0.0 <= diag["agreement"]["mean"] <= 100.0
   assert "diagnostics" not in methods["source_only"]
   assert "F_S(G_T->S(I_T)) mIoU" in table
+  per_class = methods["crdoco"]["diagnostics_per_class"]
+  assert set(per_class) == {"f_t", "f_s_translated"}
+  f_t = np.nanmean(list(per_class["f_t"].values()))
+  assert f_t == pytest.approx(crdoco_miou, abs=1e-6)
+  assert "| crdoco: F_S(G_T->S(I_T)) |" in table
   figure = np.asarray(Image.open(os.path.join(workdir, "figure.png")))
   # 2 target images x 5 panels of 32 x 32 with 2-pixel padding.
   assert figure.shape == (2 * 32 + 3 * 2, 5 * 32 + 6 * 2, 3)
