@@ -111,6 +111,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # Class balance of the consistency KL: pixel weights sum_c q_c f_c^-b
       # (losses.class_balance_weights); 0 = the paper's plain pixel mean.
       consistency_balance=0.0,
+      # 'kl': the paper's bidirectional KL; 'hard': each net learns the
+      # other's argmax (losses.cross_pseudo_label; not the paper).
+      consistency_form="kl",
   ))
   c.optim = ml_collections.ConfigDict(dict(
       # CycleGAN: Adam 2e-4, betas (0.5, 0.999), constant then linear decay.

@@ -105,7 +105,8 @@ def launch_command(config: str, method: str, seed: int, workdir: str,
 ADAPT_ONLY_KEYS = ("method", "loss.task", "loss.consistency", "loss.feat_adv",
                    "loss.feat_gan", "loss.aux.", "loss.adapt_start",
                    "loss.adapt_ramp", "loss.consistency_grad",
-                   "loss.consistency_balance", "translator.frozen",
+                   "loss.consistency_balance", "loss.consistency_form",
+                   "translator.frozen",
                    "translator.task_gradients", "optim.task_net.",
                    "optim.d_feat.", "train.num_steps")
 PRETRAIN_DIR = "_pretraining"

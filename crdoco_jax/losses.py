@@ -172,6 +172,28 @@ def bidirectional_kl(logits_a: Array, logits_b: Array,
   return masked_mean(per_pixel, mask), per_pixel
 
 
+def cross_pseudo_label(logits_a: Array, logits_b: Array,
+                       mask: Optional[Array] = None) -> Tuple[Array, Array]:
+  """A hard-target variant of the consistency (not the paper's): each
+  prediction learns the other's argmax, ``CE(p_a, argmax p_b) +
+  CE(p_b, argmax p_a)``, as cross pseudo supervision does. Unlike the soft
+  KL it transfers each net's decisions, small classes included, instead of
+  pulling both towards a compromise.
+
+  Args:
+    logits_a, logits_b: ``[N, H, W, C]`` logits of the two predictions.
+    mask: optional ``[N, H, W]`` pixel weights.
+  Returns:
+    ``(loss, per_pixel)`` as :func:`bidirectional_kl`.
+  """
+  per_pixel = sum(
+      softmax_cross_entropy(x, jnp.argmax(y, -1), ignore_label=-1)[1]
+      for x, y in ((logits_a, logits_b), (logits_b, logits_a)))
+  if mask is not None:
+    per_pixel = jnp.where(mask, per_pixel, 0.0)
+  return masked_mean(per_pixel, mask), per_pixel
+
+
 def class_balance_weights(logits_a: Array, logits_b: Array,
                           power: float = 1.0, eps: float = 1e-4) -> Array:
   """Per-pixel weights that balance a consistency loss over classes.

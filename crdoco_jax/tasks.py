@@ -75,6 +75,10 @@ def _check_regression_loss(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"loss.consistency_balance={config.loss.consistency_balance} weights "
         f"classes; the {config.task} task has none. Leave it at 0.")
+  if config.loss.consistency_form != "kl":
+    raise ValueError(
+        f"loss.consistency_form={config.loss.consistency_form!r} is for "
+        f"segmentation; the {config.task} task uses L1. Leave it at 'kl'.")
 
 
 def _regression_labels(batch, domain):
@@ -87,16 +91,24 @@ def _consistency_l1(a: Array, b: Array) -> Array:
   return losses.regression_consistency(a, b)[0]
 
 
-def _segmentation_consistency(balance: float) -> Callable:
-  """Bidirectional KL, optionally class-balanced (``loss.consistency_balance``
-  is the power of :func:`losses.class_balance_weights`; 0 = the paper)."""
-  if balance < 0:
-    raise ValueError(f"loss.consistency_balance={balance} must be >= 0 "
-                     "(0: the paper's plain mean; 1: class-balanced).")
+def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
+  """The paper's bidirectional KL, or the hard-target variant
+  (``loss.consistency_form``), optionally class-balanced
+  (``loss.consistency_balance``: the power of
+  :func:`losses.class_balance_weights`; 0 = the paper's plain mean)."""
+  forms = dict(kl=losses.bidirectional_kl, hard=losses.cross_pseudo_label)
+  if loss.consistency_form not in forms:
+    raise ValueError(f"loss.consistency_form={loss.consistency_form!r}; use "
+                     "'kl' (the paper) or 'hard'.")
+  if loss.consistency_balance < 0:
+    raise ValueError(f"loss.consistency_balance={loss.consistency_balance} "
+                     "must be >= 0 (0: the paper's plain mean; 1: "
+                     "class-balanced).")
+  form, balance = forms[loss.consistency_form], loss.consistency_balance
   if not balance:
-    return lambda a, b: losses.bidirectional_kl(a, b)[0]
-  return lambda a, b: losses.bidirectional_kl(
-      a, b, losses.class_balance_weights(a, b, balance))[0]
+    return lambda a, b: form(a, b)[0]
+  return lambda a, b: form(a, b, losses.class_balance_weights(a, b,
+                                                              balance))[0]
 
 
 def segmentation(config: ml_collections.ConfigDict) -> Task:
@@ -109,7 +121,7 @@ def segmentation(config: ml_collections.ConfigDict) -> Task:
       labels=lambda batch, domain: batch[_key(domain, "label")],
       supervised=lambda out, y: losses.softmax_cross_entropy(out, y,
                                                              ignore)[0],
-      consistency=_segmentation_consistency(config.loss.consistency_balance),
+      consistency=_segmentation_consistency(config.loss),
       disc_input=lambda out: jax.nn.softmax(out, axis=-1),
       predict=argmax,
       eval_sums=lambda out, batch: evaluate.confusion_matrix(

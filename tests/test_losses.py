@@ -114,6 +114,28 @@ def test_bidirectional_kl_empty_mask_is_zero():
 
 
 # ------------------------------------------------------------- regression
+def test_cross_pseudo_label_matches_numpy():
+  rng = np.random.default_rng(3)
+  a, b = (rng.normal(size=(2, 5, 6, 4)) * 3 for _ in range(2))
+  log_softmax = lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))
+  def ce(x, y):  # -log p_x(argmax y)
+    return -np.take_along_axis(log_softmax(x), y.argmax(-1)[..., None],
+                               -1)[..., 0]
+  ref = ce(a, b) + ce(b, a)
+  loss, per_pixel = losses.cross_pseudo_label(jnp.asarray(a), jnp.asarray(b))
+  np.testing.assert_allclose(per_pixel, ref, rtol=1e-5)
+  np.testing.assert_allclose(loss, ref.mean(), rtol=1e-5)
+  mask = rng.random((2, 5, 6)) > 0.5
+  np.testing.assert_allclose(
+      losses.cross_pseudo_label(jnp.asarray(a), jnp.asarray(b), mask)[0],
+      ref[mask].mean(), rtol=1e-5)
+  # The targets carry no gradient: d/da is softmax(a) - onehot(argmax b).
+  g = jax.grad(lambda x: losses.cross_pseudo_label(x, jnp.asarray(b))[1].sum()
+               )(jnp.asarray(a))
+  onehot = np.eye(4)[b.argmax(-1)]
+  np.testing.assert_allclose(g, np.exp(log_softmax(a)) - onehot, atol=1e-5)
+
+
 def test_class_balance_weights():
   # One-hot-like predictions: class 0 on 90% of the pixels, class 1 on 10%.
   labels = np.zeros((2, 10, 10), np.int32)
