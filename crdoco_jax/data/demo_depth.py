@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 
 from crdoco_jax.data import demo_seg
 # Shared with the flow demo, which reaches them through this module.
-from crdoco_jax.data.demo_seg import DemoGenerator, build_demo  # pylint: disable=unused-import
+from crdoco_jax.data.demo_seg import DemoGenerator, build_demo
 
 IMAGE_SIZE = 64
 DOMAINS = ("source", "target")

@@ -205,7 +205,7 @@ _REGISTERED = DATASET_NAME in tfds.list_builders(
     with_community_datasets=False)
 
 
-class CrdocoDemoFlow(demo_depth.DemoGenerator,
+class CrdocoDemoFlow(demo_seg.DemoGenerator,
                      tfds.core.GeneratorBasedBuilder,
                      skip_registration=_REGISTERED):
   """Moving textured shapes with exact flow, 64x64, rendered and 'real'."""
@@ -235,4 +235,4 @@ class CrdocoDemoFlow(demo_depth.DemoGenerator,
 def build(domain: str, data_dir: str,
           file_format: str = "array_record") -> "CrdocoDemoFlow":
   """Generates ``domain`` under ``data_dir`` if needed; returns the builder."""
-  return demo_depth.build_demo(CrdocoDemoFlow, domain, data_dir, file_format)
+  return demo_seg.build_demo(CrdocoDemoFlow, domain, data_dir, file_format)
