@@ -251,6 +251,8 @@ def summarize(runs: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
 def markdown(summary: Dict[str, Any], command: str) -> str:
   """``results.md``: the summary as tables."""
   metric, methods = summary["metric"], summary["methods"]
+  # mIoU is in %; abs rel, EPE and the like need a third decimal.
+  digits = 2 if metric == "target_miou" else 3
   lines = [f"Command: `{command}`", "",
            f"| method | {metric} (mean ± std) | seeds | per seed | "
            "gap closed | wall time / run |", "|---|---|---|---|---|---|"]
@@ -259,9 +261,11 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
       lines.append(f"| {name} | failed | 0 | | | |")
       continue
     m = e["metric"]
-    per_seed = ", ".join(f"{v:.2f}" for v in e["per_seed"].values())
-    gap = f"{100 * e['gap_closed']:.0f}%" if "gap_closed" in e else ""
-    lines.append(f"| {name} | {m['mean']:.2f} ± {m['std']:.2f} | {m['n']} | "
+    per_seed = ", ".join(f"{v:.{digits}f}" for v in e["per_seed"].values())
+    gap = (f"{round(100 * e['gap_closed']):d}%" if "gap_closed" in e
+           else "")
+    lines.append(f"| {name} | {m['mean']:.{digits}f} ± {m['std']:.{digits}f} "
+                 f"| {m['n']} | "
                  f"{per_seed} | {gap} | {e['wall_seconds']['mean'] / 60:.1f} "
                  "min |")
   for group, times in zip(summary.get("pretraining_groups", []),
@@ -352,12 +356,12 @@ def diagnose(config_arg: str, workdir: str, method: str, seed: int
       cached = json.load(f)
     if "per_class" in cached:  # else written by an older version: redo
       return cached
+  if load_config(config_arg, method).task != "segmentation":
+    return None  # before restoring anything
   loaded = load_run(config_arg, workdir, method, seed)
   if loaded is None or loaded[1].translator is None:
     return None
   config, state, nets = loaded
-  if config.task != "segmentation":
-    return None
   from crdoco_jax import evaluate  # pylint: disable=g-import-not-at-top
   task, t2s = _apply(nets, state)
   c, ignore = config.data.num_classes, config.data.ignore_label

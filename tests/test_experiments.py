@@ -45,6 +45,18 @@ def test_summarize_gap_and_statistics():
   table = experiments.markdown(summary, "cmd")
   assert "| crdoco | 35.00 ± 7.07 | 2 |" in table
   assert "crdoco seed 2" in table
+  # Regression metrics (lower is better) get three decimals; the gap is
+  # the same fraction either way.
+  run_depth = lambda v: dict(result=dict(target_abs_rel=v), wall_seconds=1.0,
+                             returncode=0)
+  depth = experiments.summarize({"source_only": {0: run_depth(0.4001)},
+                                 "crdoco": {0: run_depth(0.245)},
+                                 "oracle": {0: run_depth(0.155)}})
+  assert depth["methods"]["crdoco"]["gap_closed"] == pytest.approx(
+      0.1551 / 0.2451)
+  table = experiments.markdown(depth, "cmd")
+  assert "| crdoco | 0.245 ± 0.000 | 1 | 0.245 | 63% |" in table
+  assert "| source_only | 0.400 ± 0.000 | 1 | 0.400 | 0% |" in table
 
 
 def test_overrides_reject_malformed_set():
