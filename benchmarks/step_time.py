@@ -80,7 +80,10 @@ def parse_args(argv=None):
   p.add_argument("--multi-level", action="store_true", default=None)
   p.add_argument("--dtype", default="float32",
                  choices=["float32", "bfloat16"])
-  p.add_argument("--remat", action="store_true")
+  p.add_argument("--remat", action="store_true",
+                 help="remat every translator and task-net block")
+  p.add_argument("--remat-networks", action="store_true",
+                 help="jax.checkpoint around every network pass of the step")
   p.add_argument("--share-encoder", action="store_true")
   p.add_argument("--share-last", type=int, default=0)
   p.add_argument("--frozen-translator", action="store_true")
@@ -133,6 +136,7 @@ def make_config(args):
   if args.preset == "torch":
     c.optim.task_net.head_lr_mult = 1.0  # the reference uses one rate
   c.compute.dtype = args.dtype
+  c.compute.remat_networks = args.remat_networks
   return c
 
 
@@ -216,7 +220,8 @@ def run_jax(args, return_compiled=False):
       else None, batch=b, ngf=args.ngf, gen_blocks=args.gen_blocks,
       task_net=args.task_net, width=args.width, multi_level=args.multi_level,
       disc_ndf=args.disc_ndf, num_classes=c, dtype=args.dtype,
-      remat=args.remat, share_encoder=args.share_encoder,
+      remat=args.remat, remat_networks=args.remat_networks,
+      share_encoder=args.share_encoder,
       share_last=args.share_last, frozen_translator=args.frozen_translator,
       subpixel=args.subpixel, params=counts, params_total=sum(counts.values()),
       lower_s=lower_s, compile_s=compile_s, flops_per_step=flops,

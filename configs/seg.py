@@ -77,6 +77,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # Upsampling as four stride-1 convs (SubpixelConvTranspose): the same
       # sums and parameters as the transposed convs, much faster on XLA:CPU.
       subpixel=False,
+      # tanh(atanh(input) + G's output layer): starts at the identity and
+      # passes through texture it need not change (not CycleGAN's).
+      residual=False,
   ))
   c.task_net = ml_collections.ConfigDict(dict(
       arch="resnet101", multi_level=True, share_last=0, frozen_bn=False,
@@ -144,6 +147,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # XLA:CPU compiles the partitionable threefry 5-10x slower; pmap does
       # not need it. Changes the random stream, not its distribution.
       threefry_partitionable=False,
+      # jax.checkpoint around every network pass of the train step (on top
+      # of translator.remat / task_net.remat, which remat blocks): backward
+      # recomputes each forward; a memory option (README, "Speed").
+      remat_networks=False,
   ))
   # Networks initialised from converted PyTorch weights when a run starts
   # (python -m crdoco_jax.convert; README "Pretrained weights"); '' keeps

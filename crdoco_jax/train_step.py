@@ -43,16 +43,26 @@ class _TaskNets:
   successive calls (each input keeps its own batch statistics, as separate
   PyTorch forward passes do)."""
 
-  def __init__(self, nets: Networks, params, batch_stats):
-    self._apply = nets.task.apply
+  def __init__(self, nets: Networks, params, batch_stats, remat=False):
+    self._apply = _checkpointed(
+        lambda variables, x, domain: nets.task.apply(
+            variables, x, domain, train=True, mutable=["batch_stats"]),
+        remat)
     self.params, self.batch_stats = params, batch_stats
 
   def __call__(self, x, domain):
     out, mutated = self._apply(
-        {"params": self.params, "batch_stats": self.batch_stats}, x, domain,
-        train=True, mutable=["batch_stats"])
+        {"params": self.params, "batch_stats": self.batch_stats}, x, domain)
     self.batch_stats = mutated["batch_stats"]
     return out
+
+
+def _checkpointed(apply: Callable, remat: bool) -> Callable:
+  """``apply(variables, x, name)``, under ``jax.checkpoint`` when ``remat``
+  (``compute.remat_networks``): the backward pass recomputes the network's
+  forward instead of keeping its activations, so only each pass's input and
+  output stay live between the forward and the backward pass."""
+  return jax.checkpoint(apply, static_argnums=(2,)) if remat else apply
 
 
 def _per_head(fn: Callable, heads, aux_weight: float, *outputs) -> jax.Array:
@@ -112,13 +122,17 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   d_view = lambda outputs: {h: task.disc_input(v) for h, v in outputs.items()}
   # Translators and image discriminators see each frame as an RGB image.
   frames = lambda x: tasks.to_frames(x, task.frames)
+  remat = config.compute.get("remat_networks", False)
+  apply_g = _checkpointed(nets.translator.apply, remat)
+  apply_d_img = _checkpointed(nets.d_img.apply, remat)
+  apply_d_feat = _checkpointed(nets.d_feat.apply, remat)
 
   def generator_terms(params, state: CrDoCoState, batch: Batch):
     """Generator-side loss terms and what the discriminator update reuses."""
     x_s, y_s, x_t = (batch["source_image"], task.labels(batch, "source"),
                      batch["target_image"])
     terms, cache = {}, {}
-    F = _TaskNets(nets, params.get("task"), state.task.batch_stats)
+    F = _TaskNets(nets, params.get("task"), state.task.batch_stats, remat)
     if method == "source_only":
       terms["task"] = _per_head(task.supervised, heads, w.aux.task,
                                 F(x_s, "T"), {h: y_s for h in heads})
@@ -130,7 +144,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       return terms, cache, F.batch_stats
 
     g_params = params.get("translator", state.translator.params)
-    G = lambda x, direction: tasks.from_frames(nets.translator.apply(
+    G = lambda x, direction: tasks.from_frames(apply_g(
         {"params": g_params}, frames(x), direction), task.frames)
     x_st, x_ts = G(x_s, "S2T"), G(x_t, "T2S")
     cache.update(x_st=jax.lax.stop_gradient(x_st),
@@ -140,7 +154,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     f_st, f_ts = (x_st, x_ts) if config.translator.task_gradients else (
         cache["x_st"], cache["x_ts"])
     if train_translator:
-      D_img = lambda x, domain: nets.d_img.apply(
+      D_img = lambda x, domain: apply_d_img(
           {"params": state.d_img.params}, x, domain)
       terms["img_adv"] = (img_adv(D_img(frames(x_st), "T"))
                           + img_adv(D_img(frames(x_ts), "S")))
@@ -167,7 +181,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
           fixed(out_t, "source_net"), fixed(out_ts, "target_net"))
     if w.feat_adv > 0:
       p_st, p_ts = d_view(out_st), d_view(out_ts)
-      D_feat = lambda h, x, domain: nets.d_feat.apply(
+      D_feat = lambda h, x, domain: apply_d_feat(
           {"params": state.d_feat.params[h]}, x, domain)
       terms["feat_adv"] = sum(
           (1.0 if h == "main" else w.aux.feat_adv)
@@ -188,8 +202,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     """Image- and output-space discriminators on detached inputs."""
     terms = {}
     if train_translator:
-      D = lambda x, domain: nets.d_img.apply({"params": d_params["d_img"]}, x,
-                                             domain)
+      D = lambda x, domain: apply_d_img({"params": d_params["d_img"]}, x,
+                                        domain)
       disc = functools.partial(losses.discriminator_loss, gan_loss=w.img_gan)
       real_t = frames(batch["target_image"])
       real_s = frames(batch["source_image"])
@@ -198,7 +212,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     if "probs" in cache:
       p = cache["probs"]
       disc = functools.partial(losses.discriminator_loss, gan_loss=w.feat_gan)
-      D = lambda h, x, domain: nets.d_feat.apply(
+      D = lambda h, x, domain: apply_d_feat(
           {"params": d_params["d_feat"][h]}, x, domain)
       terms["d_feat"] = sum(
           disc(D(h, p["s"][h], "S"), D(h, p["ts"][h], "S"), real_target=SOURCE,

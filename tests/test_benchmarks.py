@@ -27,9 +27,10 @@ def test_step_time_runs_and_prints_json():
 
 def test_step_time_compile_only_with_memory_options():
   r = _run("--compile-only", "--share-encoder", "--share-last", "2",
-           "--remat", "--source-size", "32x48")
+           "--remat", "--remat-networks", "--source-size", "32x48")
   assert "median_step_s" not in r
   assert r["source_size"] == [32, 48] and r["share_last"] == 2
+  assert r["remat"] and r["remat_networks"]
   assert r["memory_analysis"]["temp_bytes"] > 0
 
 

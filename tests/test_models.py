@@ -82,6 +82,33 @@ def test_translator_shared_encoder_is_one_parameter_set_with_two_gradients():
   assert norm(g_st["decoder_T2S"]) == 0 and norm(g_ts["decoder_S2T"]) == 0
 
 
+@pytest.mark.parametrize("share_encoder", [False, True])
+def test_residual_translator_starts_at_identity_and_learns(share_encoder):
+  kw = dict(ngf=4, n_blocks=2, share_encoder=share_encoder)
+  model = TranslatorPair(residual=True, **kw)
+  x = jax.random.uniform(KEY, (2, 16, 16, 3), minval=-0.99, maxval=0.99)
+  params = model.init(KEY, x)["params"]
+  # Same parameters as the plain translator, which is far from identity.
+  plain = TranslatorPair(**kw)
+  assert (jax.tree.structure(params)
+          == jax.tree.structure(plain.init(KEY, x)["params"]))
+  assert float(jnp.abs(plain.apply({"params": params}, x, "S2T") - x).max()
+               ) > 0.1
+  for direction in ("S2T", "T2S"):
+    y = model.apply({"params": params}, x, direction)
+    np.testing.assert_allclose(y, x, atol=1e-5)
+  # Saturated pixels stay finite and inside [-1, 1].
+  edge = jnp.sign(x)
+  assert bool(jnp.all(jnp.abs(model.apply({"params": params}, edge, "S2T"))
+                      <= 1.0))
+  # A step on a colour-shift objective moves the output towards it.
+  loss = lambda p: jnp.mean((model.apply({"params": p}, x, "S2T")
+                             - (x * 0.5 + 0.2)) ** 2)
+  g = jax.grad(loss)(params)
+  stepped = jax.tree.map(lambda p, d: p - 0.02 * d, params, g)
+  assert float(loss(stepped)) < float(loss(params))
+
+
 def test_discriminator_output_shapes():
   x = jnp.zeros((2, 64, 64, 3))
   pair = DiscriminatorPair(lambda: PatchGAN(ndf=8))

@@ -114,6 +114,31 @@ def test_source_only_and_frozen_translator_steps_run(tiny_config):
       assert "loss_img_adv" not in m and "loss_consistency" in m
 
 
+def test_remat_options_leave_the_step_unchanged(tiny_config):
+  # Rematerialisation trades memory for recomputation; the maths and the
+  # parameter names (so checkpoints) are the same.
+  host_state = state_lib.create_train_state(
+      tiny_config, models.build_networks(tiny_config), jax.random.PRNGKey(0))
+  batch = parallel.shard(input_pipeline.TrainBatches(tiny_config).batch(0))
+  remat = seg.get_config("tiny")
+  remat.data.tfds_data_dir = tiny_config.data.tfds_data_dir
+  remat.compute.remat_networks = True
+  remat.translator.remat = remat.task_net.remat = True
+  outputs, barriers = [], []
+  for config in (tiny_config, remat):
+    nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
+    p_step = jax.pmap(step_lib.make_train_step(config, nets),
+                      axis_name=parallel.AXIS)
+    state = parallel.replicate(host_state)
+    barriers.append(p_step.lower(state, batch).as_text().count(
+        "optimization_barrier"))
+    outputs.append(p_step(state, batch))
+  # Every network pass (11 here) and every block is checkpointed.
+  assert barriers[0] == 0 and barriers[1] > 11, barriers
+  for a, b in zip(*(jax.tree_util.tree_leaves(o) for o in outputs)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_save_restore_gives_identical_state(tiny_config, tmp_path):
   config = tiny_config
   state = state_lib.create_train_state(

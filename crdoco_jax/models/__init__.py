@@ -47,7 +47,8 @@ def build_networks(config: ml_collections.ConfigDict,
   return Networks(
       translator=TranslatorPair(t.ngf, t.n_blocks, t.share_encoder,
                                 t.encoder_blocks, t.remat, dtype,
-                                t.get("subpixel", False)),
+                                t.get("subpixel", False),
+                                t.get("residual", False)),
       task=task,
       d_img=DiscriminatorPair(functools.partial(
           PatchGAN, d.img_ndf, d.img_layers, dtype)),

@@ -129,9 +129,10 @@ class ResLayer(nn.Module):
     # static_argnums counts self as 0: ``frozen`` is a Python bool.
     block = (nn.remat(self.block, static_argnums=(2,)) if self.remat
              else self.block)
-    for i in range(self.n):
+    for i in range(self.n):  # explicit names: remat keeps the parameters
       x = block(self.planes, self.stride if i == 0 else 1, self.dilation,
-                self.norm, self.dtype, self.stride_on_3x3)(x, frozen)
+                self.norm, self.dtype, self.stride_on_3x3,
+                name=f"{self.block.__name__}_{i}")(x, frozen)
     return x
 
 

@@ -5,6 +5,13 @@ reflect-pad 3, 7x7 conv -> two 3x3 stride-2 convs -> n residual blocks ->
 two 3x3 stride-2 transposed convs -> reflect-pad 3, 7x7 conv, tanh.
 Images are NHWC in [-1, 1]. With ngf=64 and 9 blocks: 11,378,179 parameters.
 
+``residual=True`` (not CycleGAN's) adds the input to the output layer's
+pre-activation, ``tanh(atanh(x) + conv(...))``: a translator that starts near
+the identity (its output conv is zero-initialised) and learns a change of
+appearance, so fine texture the decoder
+could not redraw (the grain flow matching needs) passes through. Same
+parameters either way.
+
 The generator is split into an ``Encoder`` (stem, downsampling and the first
 ``encoder_blocks`` residual blocks) and a ``Decoder`` (the remaining blocks and
 the upsampling), so that the two translators can share their encoder, the
@@ -19,6 +26,7 @@ import jax.numpy as jnp
 from crdoco_jax.models import layers
 
 DIRECTIONS = ("S2T", "T2S")
+_SKIP_MAX = 0.995  # atanh(0.995) = 3.0
 
 
 class ResidualBlock(nn.Module):
@@ -96,8 +104,8 @@ class Encoder(nn.Module):
                       dtype=self.dtype)(x)
       x = nn.relu(layers.instance_norm(self.dtype)(x))
     block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
-    for _ in range(self.n_blocks):
-      x = block(dtype=self.dtype)(x)
+    for i in range(self.n_blocks):  # remat keeps the parameter names
+      x = block(dtype=self.dtype, name=f"ResidualBlock_{i}")(x)
     return x
 
 
@@ -111,12 +119,17 @@ class Decoder(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   subpixel: bool = False  # SubpixelConvTranspose: same maths, same params
+  residual: bool = False  # tanh(atanh(skip) + ...); output conv starts at 0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, skip=None):
+    """``skip``: the translator's input ``[N, 4h, 4w, 3]`` (residual only)."""
+    if self.residual != (skip is not None):
+      raise ValueError("A residual Decoder needs the translator's input as "
+                       "skip, and only a residual one takes it.")
     block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
-    for _ in range(self.n_blocks):
-      x = block(dtype=self.dtype)(x)
+    for i in range(self.n_blocks):  # remat keeps the parameter names
+      x = block(dtype=self.dtype, name=f"ResidualBlock_{i}")(x)
     for i, mult in enumerate((2, 1)):
       # PyTorch ConvTranspose2d(k=3, s=2, p=1, output_padding=1) == exact 2x;
       # in lax.conv_transpose terms: padding (k-1-p, k-1-p+output_padding).
@@ -130,8 +143,15 @@ class Decoder(nn.Module):
                              bias_init=nn.initializers.zeros,
                              dtype=self.dtype)(x)
       x = nn.relu(layers.instance_norm(self.dtype)(x))
-    x = layers.conv(3, 7, dtype=self.dtype)(layers.reflect_pad(x, 3))
-    return jnp.tanh(x.astype(jnp.float32))
+    x = layers.conv(3, 7, dtype=self.dtype, kernel_init=(
+        nn.initializers.zeros if self.residual else layers.gan_init))(
+            layers.reflect_pad(x, 3))
+    x = x.astype(jnp.float32)
+    if self.residual:
+      # Clipped so that saturated pixels (|x| = 1) stay finite.
+      x = x + jnp.arctanh(jnp.clip(skip.astype(jnp.float32), -_SKIP_MAX,
+                                   _SKIP_MAX))
+    return jnp.tanh(x)
 
 
 class ResnetGenerator(nn.Module):
@@ -145,16 +165,18 @@ class ResnetGenerator(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   subpixel: bool = False
+  residual: bool = False
 
   def setup(self):
     _check_blocks(self.n_blocks, self.encoder_blocks)
     self.encoder = Encoder(self.ngf, self.encoder_blocks, self.remat,
                            self.dtype)
     self.decoder = Decoder(self.ngf, self.n_blocks - self.encoder_blocks,
-                           self.remat, self.dtype, self.subpixel)
+                           self.remat, self.dtype, self.subpixel,
+                           self.residual)
 
   def __call__(self, x):
-    return self.decoder(self.encoder(x))
+    return self.decoder(self.encoder(x), x if self.residual else None)
 
 
 class TranslatorPair(nn.Module):
@@ -172,6 +194,7 @@ class TranslatorPair(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   subpixel: bool = False  # upsampling by SubpixelConvTranspose
+  residual: bool = False  # output = tanh(atanh(input) + decoder's)
 
   def setup(self):
     _check_blocks(self.n_blocks, self.encoder_blocks)
@@ -180,12 +203,12 @@ class TranslatorPair(nn.Module):
                              self.dtype)
       dec_blocks = self.n_blocks - self.encoder_blocks
       dec = lambda: Decoder(self.ngf, dec_blocks, self.remat, self.dtype,
-                            self.subpixel)
+                            self.subpixel, self.residual)
       self.decoder_S2T, self.decoder_T2S = dec(), dec()
     else:
       gen = lambda: ResnetGenerator(self.ngf, self.n_blocks,
                                     self.encoder_blocks, self.remat,
-                                    self.dtype, self.subpixel)
+                                    self.dtype, self.subpixel, self.residual)
       self.G_S2T, self.G_T2S = gen(), gen()
 
   def __call__(self, x: jax.Array, direction: str = None):
@@ -196,7 +219,7 @@ class TranslatorPair(nn.Module):
                        f"{direction!r}")
     if self.share_encoder:
       decoder = self.decoder_S2T if direction == "S2T" else self.decoder_T2S
-      return decoder(self.encoder(x))
+      return decoder(self.encoder(x), x if self.residual else None)
     return (self.G_S2T if direction == "S2T" else self.G_T2S)(x)
 
 
