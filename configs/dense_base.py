@@ -58,6 +58,7 @@ def get_config(task: str, arg: str, section: ml_collections.ConfigDict,
       raise ValueError(f"Unknown config variant {v!r} in {arg!r}; known: "
                        f"{', '.join(k for k in variants if k != 'paper')}, "
                        f"{', '.join(METHODS)}.")
+  seg.drop_pretraining_without_translators(c)
   c.lock()
   return c
 

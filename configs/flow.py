@@ -62,8 +62,18 @@ def _demo(c):
   c.flow.scale = 5.0  # demo motions: a few pixels
   c.optim.task_net.update(name="adam", lr=1e-3, weight_decay=0.0,
                           schedule="constant")
-  c.train.update(num_steps=500, schedule_steps=500, log_every=50,
-                 eval_every=250, checkpoint_every=250, image_every=250)
+  # The segmentation demo's recipe (configs/seg.py:demo): CycleGAN first,
+  # translators trained by the image-level terms only, unsupervised terms
+  # ramped in; 500 task-net steps as before. Plus residual translators:
+  # matching needs the frames' fine grain, which a CycleGAN decoder redraws
+  # as grey blotches (cycle loss ~0.55 after 300 steps, CrDoCo worse than
+  # source-only); tanh(atanh(x) + G(x)) passes it through (README, "Depth
+  # and flow").
+  c.translator.update(residual=True, subpixel=True, pretrain_steps=300,
+                      task_gradients=False)
+  c.loss.update(adapt_start=100, adapt_ramp=100)
+  c.train.update(num_steps=800, schedule_steps=800, log_every=50,
+                 eval_every=400, checkpoint_every=100, image_every=400)
 
 
 def _tiny(c):

@@ -177,13 +177,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     else:
       raise ValueError(f"Unknown config variant {v!r} in {arg!r}; known: "
                        f"demo, tiny, synthia, {', '.join(METHODS)}.")
+  drop_pretraining_without_translators(c)
+  c.lock()
+  return c
+
+
+def drop_pretraining_without_translators(c):
+  """Methods without translators have nothing to pretrain: they get as many
+  task-net updates as the adaptation phase of the others."""
   if c.method in ("source_only", "oracle") and c.translator.pretrain_steps:
-    # Nothing to pretrain: as many task-net updates as the adaptation phase.
     c.train.num_steps -= c.translator.pretrain_steps
     c.train.schedule_steps -= c.translator.pretrain_steps
     c.translator.pretrain_steps = 0
-  c.lock()
-  return c
 
 
 def _optimizer(name, lr, *, b1=0.9, b2=0.999, momentum=0.9,
