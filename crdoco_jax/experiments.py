@@ -161,16 +161,20 @@ def pretrain_shared(config_arg: str, workdir: str, method: str, seed: int,
   return checkpoint if os.path.isdir(checkpoint) else None
 
 
-def finished(directory: str) -> Optional[Dict[str, Any]]:
-  """The run's results if it ran to its last step, else None."""
+def _read_json(directory: str, name: str) -> Optional[Dict[str, Any]]:
+  """``directory/name`` parsed, or None if it is missing or half-written."""
   try:
-    with open(os.path.join(directory, RESULTS_FILE)) as f:
-      result = json.load(f)
-    with open(os.path.join(directory, RUN_FILE)) as f:
-      run = json.load(f)
+    with open(os.path.join(directory, name)) as f:
+      return json.load(f)
   except (FileNotFoundError, json.JSONDecodeError):
     return None
-  return result if run.get("returncode") == 0 else None
+
+
+def finished(directory: str) -> Optional[Dict[str, Any]]:
+  """The run's results if it ran to its last step, else None."""
+  result, run = (_read_json(directory, n) for n in (RESULTS_FILE, RUN_FILE))
+  ok = result is not None and run is not None and run.get("returncode") == 0
+  return result if ok else None
 
 
 def run_one(command: List[str], directory: str) -> Dict[str, Any]:
@@ -188,11 +192,7 @@ def run_one(command: List[str], directory: str) -> Dict[str, Any]:
 
 
 def _wall_seconds(directory: str) -> Optional[float]:
-  try:
-    with open(os.path.join(directory, RUN_FILE)) as f:
-      return json.load(f)["wall_seconds"]
-  except (FileNotFoundError, json.JSONDecodeError, KeyError):
-    return None
+  return (_read_json(directory, RUN_FILE) or {}).get("wall_seconds")
 
 
 def _mean_std(values: Sequence[float]) -> Dict[str, float]:
@@ -467,8 +467,7 @@ def run_experiments(config: str, workdir: str, methods: Sequence[str],
       result = finished(directory)
       if result is not None:
         logging.info("%s seed %d: finished earlier, skipped.", method, seed)
-        with open(os.path.join(directory, RUN_FILE)) as f:
-          run = json.load(f)
+        run = _read_json(directory, RUN_FILE)
       else:
         command = launch_command(config, method, seed, directory, sets)
         logging.info("%s seed %d: %s", method, seed, " ".join(command))
