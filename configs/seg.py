@@ -117,6 +117,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # 'kl': the paper's bidirectional KL; 'hard': each net learns the
       # other's argmax (losses.cross_pseudo_label; not the paper).
       consistency_form="kl",
+      # 'agree': the consistency only where both nets' argmax agree
+      # (losses.agreement_mask; not the paper). 'all': every pixel.
+      consistency_mask="all",
   ))
   c.optim = ml_collections.ConfigDict(dict(
       # CycleGAN: Adam 2e-4, betas (0.5, 0.999), constant then linear decay.

@@ -194,6 +194,17 @@ def cross_pseudo_label(logits_a: Array, logits_b: Array,
   return masked_mean(per_pixel, mask), per_pixel
 
 
+def agreement_mask(logits_a: Array, logits_b: Array) -> Array:
+  """``[N, H, W]`` True where the two predictions' argmax classes agree.
+
+  A consistency term restricted to these pixels sharpens the decisions the
+  two nets share and leaves the ones they dispute alone; over all pixels,
+  a disputed small-class pixel is pulled towards the class both nets find
+  likelier, usually the larger one (README, "Evidence"). Not the paper's.
+  """
+  return jnp.argmax(logits_a, -1) == jnp.argmax(logits_b, -1)
+
+
 def class_balance_weights(logits_a: Array, logits_b: Array,
                           power: float = 1.0, eps: float = 1e-4) -> Array:
   """Per-pixel weights that balance a consistency loss over classes.

@@ -79,6 +79,11 @@ def _check_regression_loss(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"loss.consistency_form={config.loss.consistency_form!r} is for "
         f"segmentation; the {config.task} task uses L1. Leave it at 'kl'.")
+  if config.loss.get("consistency_mask", "all") != "all":
+    raise ValueError(
+        f"loss.consistency_mask={config.loss.consistency_mask!r} compares "
+        f"class decisions; the {config.task} task has none. Leave it at "
+        "'all'.")
 
 
 def _regression_labels(batch, domain):
@@ -91,11 +96,16 @@ def _consistency_l1(a: Array, b: Array) -> Array:
   return losses.regression_consistency(a, b)[0]
 
 
+CONSISTENCY_MASKS = ("all", "agree")
+
+
 def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
   """The paper's bidirectional KL, or the hard-target variant
   (``loss.consistency_form``), optionally class-balanced
   (``loss.consistency_balance``: the power of
-  :func:`losses.class_balance_weights`; 0 = the paper's plain mean)."""
+  :func:`losses.class_balance_weights`; 0 = the paper's plain mean) and
+  optionally on the pixels where both nets' argmax agree only
+  (``loss.consistency_mask='agree'``; 'all' = the paper)."""
   forms = dict(kl=losses.bidirectional_kl, hard=losses.cross_pseudo_label)
   if loss.consistency_form not in forms:
     raise ValueError(f"loss.consistency_form={loss.consistency_form!r}; use "
@@ -104,11 +114,20 @@ def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
     raise ValueError(f"loss.consistency_balance={loss.consistency_balance} "
                      "must be >= 0 (0: the paper's plain mean; 1: "
                      "class-balanced).")
+  # Configs written before the key existed: the paper's all pixels.
+  mask = loss.get("consistency_mask", "all")
+  if mask not in CONSISTENCY_MASKS:
+    raise ValueError(f"loss.consistency_mask={mask!r}; use 'all' (the "
+                     "paper) or 'agree'.")
   form, balance = forms[loss.consistency_form], loss.consistency_balance
-  if not balance:
-    return lambda a, b: form(a, b)[0]
-  return lambda a, b: form(a, b, losses.class_balance_weights(a, b,
-                                                              balance))[0]
+
+  def weights(a, b):
+    w = losses.class_balance_weights(a, b, balance) if balance else None
+    if mask == "agree":
+      agree = losses.agreement_mask(a, b)
+      w = agree if w is None else w * agree
+    return w
+  return lambda a, b: form(a, b, weights(a, b))[0]
 
 
 def segmentation(config: ml_collections.ConfigDict) -> Task:

@@ -133,6 +133,9 @@ def test_depth_eval_crop_masks_match_numpy_slicing():
   config.loss.update(consistency_balance=0.0, consistency_form="hard")
   with pytest.raises(ValueError, match="consistency_form='hard'"):
     tasks.get_task(config)
+  config.loss.update(consistency_form="kl", consistency_mask="agree")
+  with pytest.raises(ValueError, match="consistency_mask='agree'"):
+    tasks.get_task(config)
 
 
 def test_depth_task_eval_counts_only_the_crop():

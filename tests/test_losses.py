@@ -163,6 +163,33 @@ def test_class_balance_weights():
   assert np.abs(np.asarray(jax.grad(weighted)(a))).max() > 0
 
 
+def test_agreement_masked_consistency_matches_numpy():
+  from configs import seg  # pylint: disable=g-import-not-at-top
+  from crdoco_jax import tasks  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  a, b = (rng.normal(size=(2, 5, 6, 4)) * 2 for _ in range(2))
+  agree = a.argmax(-1) == b.argmax(-1)
+  assert 0 < agree.mean() < 1
+  np.testing.assert_array_equal(losses.agreement_mask(a, b), agree)
+  log_softmax = lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))
+  kl = ((np.exp(log_softmax(a)) - np.exp(log_softmax(b)))
+        * (log_softmax(a) - log_softmax(b))).sum(-1)
+  config = seg.get_config("demo")
+  consistency = lambda: tasks.get_task(config).consistency(
+      jnp.asarray(a), jnp.asarray(b))
+  np.testing.assert_allclose(consistency(), kl.mean(), rtol=1e-5)
+  config.loss.consistency_mask = "agree"
+  np.testing.assert_allclose(consistency(), kl[agree].mean(), rtol=1e-5)
+  # Combined with class balance: balanced weights on the agreeing pixels.
+  config.loss.consistency_balance = 1.0
+  w = np.asarray(losses.class_balance_weights(a, b)) * agree
+  np.testing.assert_allclose(consistency(), (kl * w).sum() / w.sum(),
+                             rtol=1e-5)
+  config.loss.consistency_mask = "confident"
+  with pytest.raises(ValueError, match="consistency_mask='confident'"):
+    tasks.get_task(config)
+
+
 def test_l1_and_regression_consistency_masked():
   p, t = random_logits((2, 3, 3, 2)), random_logits((2, 3, 3, 2))
   mask = RNG.random((2, 3, 3, 1)) > 0.5
