@@ -78,7 +78,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # sums and parameters as the transposed convs, much faster on XLA:CPU.
       subpixel=False,
       # tanh(atanh(input) + G's output layer): starts at the identity and
-      # passes through texture it need not change (not CycleGAN's).
+      # passes through texture it need not change (not CycleGAN's). Helps
+      # flow (configs/flow.py:demo), fails where a translation must make
+      # texture (the segmentation demo; README, "Depth and flow").
       residual=False,
   ))
   c.task_net = ml_collections.ConfigDict(dict(
