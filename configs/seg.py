@@ -82,6 +82,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # flow (configs/flow.py:demo), fails where a translation must make
       # texture (the segmentation demo; README, "Depth and flow").
       residual=False,
+      # 'matmul': the residual blocks' kernel gradients as one matmul over
+      # im2col windows (layers.conv; same gradients), an XLA:CPU speed option.
+      wgrad="xla",
   ))
   c.task_net = ml_collections.ConfigDict(dict(
       arch="resnet101", multi_level=True, share_last=0, frozen_bn=False,

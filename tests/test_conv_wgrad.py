@@ -57,14 +57,20 @@ def test_unknown_wgrad_is_an_error():
     layers.conv(4, 3, wgrad="fast")
 
 
-@pytest.mark.parametrize("share_encoder", [False, True])
-def test_subpixel_upsampling_matches_conv_transpose(share_encoder):
-  """Same parameter tree, same outputs and gradients to float tolerance."""
+@pytest.mark.parametrize("share_encoder,option", [
+    (False, dict(subpixel=True)), (True, dict(subpixel=True)),
+    (True, dict(wgrad="matmul"))])
+def test_translator_speed_options_match_the_plain_translator(share_encoder,
+                                                             option):
+  """Subpixel upsampling (vs the transposed convs) and matmul kernel
+  gradients: same parameter tree, same outputs and gradients to float
+  tolerance."""
   from crdoco_jax.models import translator  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.uniform(-1, 1, (2, 12, 8, 3)), jnp.float32)
-  make = lambda subpixel: translator.TranslatorPair(
-      ngf=4, n_blocks=1, share_encoder=share_encoder, subpixel=subpixel)
+  make = lambda fast: translator.TranslatorPair(
+      ngf=4, n_blocks=2, encoder_blocks=1, share_encoder=share_encoder,
+      **(option if fast else {}))
   params = make(False).init(jax.random.PRNGKey(0), x)
   # Non-zero biases, so that they are checked too.
   params = jax.tree_util.tree_map(

@@ -30,15 +30,19 @@ _SKIP_MAX = 0.995  # atanh(0.995) = 3.0
 
 
 class ResidualBlock(nn.Module):
-  """x + IN(conv(pad(ReLU(IN(conv(pad(x))))))), no ReLU after the sum."""
+  """x + IN(conv(pad(ReLU(IN(conv(pad(x))))))), no ReLU after the sum.
+
+  ``wgrad``: how the convs' kernel gradients are computed (layers.conv)."""
   dtype: Any = jnp.float32
+  wgrad: str = "xla"
 
   @nn.compact
   def __call__(self, x):
     dim = x.shape[-1]
     y = x
     for i in range(2):
-      y = layers.conv(dim, 3, dtype=self.dtype)(layers.reflect_pad(y, 1))
+      y = layers.conv(dim, 3, dtype=self.dtype, wgrad=self.wgrad)(
+          layers.reflect_pad(y, 1))
       y = layers.instance_norm(self.dtype)(y)
       if i == 0:
         y = nn.relu(y)
@@ -93,6 +97,7 @@ class Encoder(nn.Module):
   n_blocks: int = 0
   remat: bool = False
   dtype: Any = jnp.float32
+  wgrad: str = "xla"  # of the residual blocks' convs
 
   @nn.compact
   def __call__(self, x):
@@ -105,7 +110,7 @@ class Encoder(nn.Module):
       x = nn.relu(layers.instance_norm(self.dtype)(x))
     block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
     for i in range(self.n_blocks):  # remat keeps the parameter names
-      x = block(dtype=self.dtype, name=f"ResidualBlock_{i}")(x)
+      x = block(self.dtype, self.wgrad, name=f"ResidualBlock_{i}")(x)
     return x
 
 
@@ -120,6 +125,7 @@ class Decoder(nn.Module):
   dtype: Any = jnp.float32
   subpixel: bool = False  # SubpixelConvTranspose: same maths, same params
   residual: bool = False  # tanh(atanh(skip) + ...); output conv starts at 0
+  wgrad: str = "xla"  # of the residual blocks' convs
 
   @nn.compact
   def __call__(self, x, skip=None):
@@ -129,7 +135,7 @@ class Decoder(nn.Module):
                        "skip, and only a residual one takes it.")
     block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
     for i in range(self.n_blocks):  # remat keeps the parameter names
-      x = block(dtype=self.dtype, name=f"ResidualBlock_{i}")(x)
+      x = block(self.dtype, self.wgrad, name=f"ResidualBlock_{i}")(x)
     for i, mult in enumerate((2, 1)):
       # PyTorch ConvTranspose2d(k=3, s=2, p=1, output_padding=1) == exact 2x;
       # in lax.conv_transpose terms: padding (k-1-p, k-1-p+output_padding).
@@ -166,14 +172,15 @@ class ResnetGenerator(nn.Module):
   dtype: Any = jnp.float32
   subpixel: bool = False
   residual: bool = False
+  wgrad: str = "xla"
 
   def setup(self):
     _check_blocks(self.n_blocks, self.encoder_blocks)
     self.encoder = Encoder(self.ngf, self.encoder_blocks, self.remat,
-                           self.dtype)
+                           self.dtype, self.wgrad)
     self.decoder = Decoder(self.ngf, self.n_blocks - self.encoder_blocks,
                            self.remat, self.dtype, self.subpixel,
-                           self.residual)
+                           self.residual, self.wgrad)
 
   def __call__(self, x):
     return self.decoder(self.encoder(x), x if self.residual else None)
@@ -195,20 +202,22 @@ class TranslatorPair(nn.Module):
   dtype: Any = jnp.float32
   subpixel: bool = False  # upsampling by SubpixelConvTranspose
   residual: bool = False  # output = tanh(atanh(input) + decoder's)
+  wgrad: str = "xla"  # kernel gradients of the residual blocks' convs
 
   def setup(self):
     _check_blocks(self.n_blocks, self.encoder_blocks)
     if self.share_encoder:
       self.encoder = Encoder(self.ngf, self.encoder_blocks, self.remat,
-                             self.dtype)
+                             self.dtype, self.wgrad)
       dec_blocks = self.n_blocks - self.encoder_blocks
       dec = lambda: Decoder(self.ngf, dec_blocks, self.remat, self.dtype,
-                            self.subpixel, self.residual)
+                            self.subpixel, self.residual, self.wgrad)
       self.decoder_S2T, self.decoder_T2S = dec(), dec()
     else:
       gen = lambda: ResnetGenerator(self.ngf, self.n_blocks,
                                     self.encoder_blocks, self.remat,
-                                    self.dtype, self.subpixel, self.residual)
+                                    self.dtype, self.subpixel, self.residual,
+                                    self.wgrad)
       self.G_S2T, self.G_T2S = gen(), gen()
 
   def __call__(self, x: jax.Array, direction: str = None):
