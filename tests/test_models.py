@@ -190,6 +190,10 @@ def test_task_net_regression_head_bf16_and_remat():
   x = jax.random.normal(KEY, (1, 32, 32, 3))
   variables = model.init(KEY, x)
   assert jax.tree.leaves(variables["params"])[0].dtype == jnp.float32
+  # remat keeps the parameter names: checkpoints load either way.
+  plain = small_task_pair(out_channels=1, multi_level=False)
+  assert (jax.tree.structure(jax.eval_shape(plain.init, KEY, x))
+          == jax.tree.structure(variables))
   out, _ = model.apply(variables, x, "S", train=True, mutable=["batch_stats"])
   assert out["main"].shape == (1, 32, 32, 1)
   assert bool(jnp.all(jnp.isfinite(out["main"])))
