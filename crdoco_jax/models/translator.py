@@ -6,11 +6,10 @@ two 3x3 stride-2 transposed convs -> reflect-pad 3, 7x7 conv, tanh.
 Images are NHWC in [-1, 1]. With ngf=64 and 9 blocks: 11,378,179 parameters.
 
 ``residual=True`` (not CycleGAN's) adds the input to the output layer's
-pre-activation, ``tanh(atanh(x) + conv(...))``: a translator that starts near
+pre-activation, ``tanh(atanh(x) + conv(...))``: a translator that starts at
 the identity (its output conv is zero-initialised) and learns a change of
-appearance, so fine texture the decoder
-could not redraw (the grain flow matching needs) passes through. Same
-parameters either way.
+appearance, so fine texture the decoder could not redraw (the grain flow
+matching needs) passes through. Same parameters either way.
 
 The generator is split into an ``Encoder`` (stem, downsampling and the first
 ``encoder_blocks`` residual blocks) and a ``Decoder`` (the remaining blocks and
@@ -47,6 +46,15 @@ class ResidualBlock(nn.Module):
       if i == 0:
         y = nn.relu(y)
     return x + y
+
+
+def _residual_blocks(x, n: int, remat: bool, dtype, wgrad: str):
+  """``n`` ResidualBlocks, named as without remat (checkpoints load either
+  way); called inside a compact module, whose submodules they become."""
+  block = nn.remat(ResidualBlock) if remat else ResidualBlock
+  for i in range(n):
+    x = block(dtype, wgrad, name=f"ResidualBlock_{i}")(x)
+  return x
 
 
 class SubpixelConvTranspose(nn.Module):
@@ -108,10 +116,8 @@ class Encoder(nn.Module):
       x = layers.conv(self.ngf * mult, 3, stride=2, padding=1,
                       dtype=self.dtype)(x)
       x = nn.relu(layers.instance_norm(self.dtype)(x))
-    block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
-    for i in range(self.n_blocks):  # remat keeps the parameter names
-      x = block(self.dtype, self.wgrad, name=f"ResidualBlock_{i}")(x)
-    return x
+    return _residual_blocks(x, self.n_blocks, self.remat, self.dtype,
+                            self.wgrad)
 
 
 class Decoder(nn.Module):
@@ -124,18 +130,14 @@ class Decoder(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   subpixel: bool = False  # SubpixelConvTranspose: same maths, same params
-  residual: bool = False  # tanh(atanh(skip) + ...); output conv starts at 0
+  residual: bool = False  # tanh(atanh(image) + ...); output conv starts at 0
   wgrad: str = "xla"  # of the residual blocks' convs
 
   @nn.compact
-  def __call__(self, x, skip=None):
-    """``skip``: the translator's input ``[N, 4h, 4w, 3]`` (residual only)."""
-    if self.residual != (skip is not None):
-      raise ValueError("A residual Decoder needs the translator's input as "
-                       "skip, and only a residual one takes it.")
-    block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
-    for i in range(self.n_blocks):  # remat keeps the parameter names
-      x = block(self.dtype, self.wgrad, name=f"ResidualBlock_{i}")(x)
+  def __call__(self, x, image):
+    """``image``: the translator's input ``[N, 4h, 4w, 3]`` (read only when
+    residual)."""
+    x = _residual_blocks(x, self.n_blocks, self.remat, self.dtype, self.wgrad)
     for i, mult in enumerate((2, 1)):
       # PyTorch ConvTranspose2d(k=3, s=2, p=1, output_padding=1) == exact 2x;
       # in lax.conv_transpose terms: padding (k-1-p, k-1-p+output_padding).
@@ -155,7 +157,7 @@ class Decoder(nn.Module):
     x = x.astype(jnp.float32)
     if self.residual:
       # Clipped so that saturated pixels (|x| = 1) stay finite.
-      x = x + jnp.arctanh(jnp.clip(skip.astype(jnp.float32), -_SKIP_MAX,
+      x = x + jnp.arctanh(jnp.clip(image.astype(jnp.float32), -_SKIP_MAX,
                                    _SKIP_MAX))
     return jnp.tanh(x)
 
@@ -183,7 +185,7 @@ class ResnetGenerator(nn.Module):
                            self.residual, self.wgrad)
 
   def __call__(self, x):
-    return self.decoder(self.encoder(x), x if self.residual else None)
+    return self.decoder(self.encoder(x), x)
 
 
 class TranslatorPair(nn.Module):
@@ -228,7 +230,7 @@ class TranslatorPair(nn.Module):
                        f"{direction!r}")
     if self.share_encoder:
       decoder = self.decoder_S2T if direction == "S2T" else self.decoder_T2S
-      return decoder(self.encoder(x), x if self.residual else None)
+      return decoder(self.encoder(x), x)
     return (self.G_S2T if direction == "S2T" else self.G_T2S)(x)
 
 
