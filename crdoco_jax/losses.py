@@ -230,6 +230,36 @@ def class_balance_weights(logits_a: Array, logits_b: Array,
   return weights / jnp.mean(weights)
 
 
+def class_prior_loss(logits: Array, labels: Array, num_classes: int,
+                     ignore_label: int = 255, eps: float = 1e-6) -> Array:
+  """KL(prior || mean prediction): how far the share of each class in an
+  unlabeled prediction has fallen below its share in the labels.
+
+  A guard against the majority-class drift of unsupervised agreement terms
+  (README, "Evidence"); not the paper's. ``prior`` is the class histogram of
+  ``labels`` (the source batch's labels, with no gradient), ``m`` the mean
+  softmax of ``logits`` over all pixels. The loss is ``sum_c prior_c *
+  (log prior_c - log m_c)``: 0 when the shares match and growing like
+  ``-log m_c`` as a class present in the labels vanishes from the
+  prediction. Since it is linear in ``prior``, its gradient from a noisy
+  per-batch histogram is unbiased for the expected one.
+
+  Args:
+    logits: ``[N, H, W, C]`` logits of the unlabeled prediction.
+    labels: ``[M, H', W']`` integer class ids (any spatial size) or
+      ``ignore_label``.
+  Returns:
+    Scalar float32 (0 if ``labels`` holds no valid pixel).
+  """
+  counts = jnp.sum(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+                   * (labels != ignore_label)[..., None],
+                   axis=tuple(range(labels.ndim)))
+  prior = counts / jnp.maximum(jnp.sum(counts), 1.0)
+  m = jnp.mean(jax.nn.softmax(_f32(logits), -1),
+               axis=tuple(range(logits.ndim - 1)))
+  return jnp.sum(prior * (jnp.log(prior + eps) - jnp.log(m + eps)))
+
+
 def regression_consistency(pred_a: Array, pred_b: Array,
                            mask: Optional[Array] = None,
                            stop_gradient_a: bool = False,

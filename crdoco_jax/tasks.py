@@ -42,6 +42,9 @@ class Task(NamedTuple):
   supervised: Callable[[Array, Any], Array]   # (out, labels) -> scalar
   consistency: Callable[[Array, Array], Array]  # (out_a, out_b) -> scalar
   disc_input: Callable[[Array], Array]        # out -> D^feat's input
+  # (out, source labels) -> scalar class-prior term (loss.class_prior);
+  # None where the task has no classes.
+  class_prior: Optional[Callable[[Array, Any], Array]]
   predict: Callable[[Array], Array]           # out -> ids / metres / pixels
   # (out, eval batch) -> pytree of sums over the batch (psum-able).
   eval_sums: Callable[[Array, Dict[str, Array]], Any]
@@ -84,6 +87,10 @@ def _check_regression_loss(config: ml_collections.ConfigDict) -> None:
         f"loss.consistency_mask={config.loss.consistency_mask!r} compares "
         f"class decisions; the {config.task} task has none. Leave it at "
         "'all'.")
+  if config.loss.get("class_prior", 0.0):
+    raise ValueError(
+        f"loss.class_prior={config.loss.class_prior} matches class shares; "
+        f"the {config.task} task has none. Leave it at 0.")
 
 
 def _regression_labels(batch, domain):
@@ -142,6 +149,8 @@ def segmentation(config: ml_collections.ConfigDict) -> Task:
                                                              ignore)[0],
       consistency=_segmentation_consistency(config.loss),
       disc_input=lambda out: jax.nn.softmax(out, axis=-1),
+      class_prior=lambda out, y: losses.class_prior_loss(out, y, classes,
+                                                         ignore),
       predict=argmax,
       eval_sums=lambda out, batch: evaluate.confusion_matrix(
           argmax(evaluate.upsample_to(out, batch["label"].shape[1:3])),
@@ -202,7 +211,7 @@ def depth(config: ml_collections.ConfigDict) -> Task:
   return Task(
       name="depth", frames=1, labels=_regression_labels,
       supervised=supervised, consistency=_consistency_l1,
-      disc_input=normalise, predict=predict, eval_sums=eval_sums,
+      disc_input=normalise, class_prior=None, predict=predict, eval_sums=eval_sums,
       draw=lambda x, valid: visualize.colorize_depth(
           x[..., 0], valid, d.min_depth, d.max_depth),
       **_regression_report(evaluate.depth_metrics))
@@ -223,7 +232,7 @@ def flow(config: ml_collections.ConfigDict) -> Task:
   return Task(
       name="flow", frames=2, labels=_regression_labels,
       supervised=supervised, consistency=_consistency_l1,
-      disc_input=lambda out: out, predict=predict,
+      disc_input=lambda out: out, class_prior=None, predict=predict,
       eval_sums=lambda out, batch: evaluate.flow_metric_sums(
           predict(out), batch["label"], batch["valid"]),
       draw=lambda x, valid: visualize.flow_to_color(x, valid, scale),

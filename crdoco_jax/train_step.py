@@ -4,10 +4,13 @@ One adaptation step minimises, over translators G and task nets F,
 
   L_G,F = w_task * [L_task(F_S(I_S), Y_S) + L_task(F_T(I_{S->T}), Y_S)]
         + w_consistency * L_con(F_T(I_T), F_S(I_{T->S}))
+        [+ w_class_prior * (KL(pi_S || <F_T(I_T)>) + KL(pi_S || <F_S(I_{T->S})>))]
         + w_feat_adv * [L_adv(D^feat_T(F_T(I_{S->T}))) + L_adv(D^feat_S(F_S(I_{T->S})))]
         + w_img_adv * [L_adv(D^img_T(I_{S->T})) + L_adv(D^img_S(I_{T->S}))]
         + w_rec * [|G_{T->S}(I_{S->T}) - I_S| + |G_{S->T}(I_{T->S}) - I_T|]
 
+(the bracketed class-prior term is an option, off by default and not the
+paper's: pi_S is the source batch's class histogram, <.> a mean softmax),
 then updates the discriminators on the same (detached) translations and
 predictions. L_task, L_con and what D^feat sees depend on ``config.task``
 (``tasks.py``): CE, bidirectional KL and softmax for segmentation; masked
@@ -82,12 +85,13 @@ def loss_weights(config: ml_collections.ConfigDict, step) -> Dict[str, Any]:
   (../shared/FINDINGS.md; the paper starts from pretrained task nets).
   """
   w = config.loss
-  t = step - config.translator.pretrain_steps - w.adapt_start
+  t = jnp.asarray(step) - config.translator.pretrain_steps - w.adapt_start
   if w.adapt_ramp > 0:
     ramp = jnp.clip((t + 1) / w.adapt_ramp, 0.0, 1.0)
   else:
     ramp = (t >= 0).astype(jnp.float32)
   return dict(task=w.task, consistency=w.consistency * ramp,
+              class_prior=w.get("class_prior", 0.0) * ramp,
               feat_adv=w.feat_adv * ramp, img_adv=w.img_adv, rec=w.rec,
               identity=w.identity)
 
@@ -179,6 +183,13 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       terms["consistency"] = _per_head(
           task.consistency, heads, w.aux.consistency,
           fixed(out_t, "source_net"), fixed(out_ts, "target_net"))
+    if w.get("class_prior", 0.0) > 0:
+      # Not the paper's: keeps the classes of the source labels from
+      # vanishing from the two unlabeled predictions (losses.class_prior_loss).
+      prior = lambda a, b: (task.class_prior(a, y_s)
+                            + task.class_prior(b, y_s))
+      terms["class_prior"] = _per_head(prior, heads, w.aux.consistency,
+                                       out_t, out_ts)
     if w.feat_adv > 0:
       p_st, p_ts = d_view(out_st), d_view(out_ts)
       D_feat = lambda h, x, domain: apply_d_feat(

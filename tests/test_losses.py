@@ -291,3 +291,34 @@ def test_import_has_no_side_effects():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, check=True, timeout=120)
   assert out.stdout.strip() == "0", out.stdout + out.stderr
+
+
+def test_class_prior_loss_matches_numpy_and_guards_vanishing_classes():
+  rng = np.random.default_rng(6)
+  logits = rng.normal(size=(2, 4, 5, 3)) * 2
+  labels = rng.integers(0, 3, size=(3, 6, 6))
+  labels[0, :2] = 255  # ignored pixels are not part of the prior
+  valid = labels[labels != 255]
+  prior = np.bincount(valid, minlength=3) / valid.size
+  p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  m = p.reshape(-1, 3).mean(0)
+  expected = (prior * (np.log(prior + 1e-6) - np.log(m + 1e-6))).sum()
+  got = losses.class_prior_loss(jnp.asarray(logits), jnp.asarray(labels), 3)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # Zero when the prediction's shares equal the labels' ones.
+  matching = np.broadcast_to(np.log(prior), (1, 2, 2, 3))
+  np.testing.assert_allclose(
+      losses.class_prior_loss(jnp.asarray(matching), jnp.asarray(labels), 3),
+      0.0, atol=1e-5)
+  # A class that vanishes from the prediction costs more than a shrinking
+  # one, and the gradient raises its logits.
+  vanishing = np.zeros((1, 2, 2, 3))
+  vanishing[..., 2] = -8.0
+  shrinking = np.zeros((1, 2, 2, 3))
+  shrinking[..., 2] = -1.0
+  loss = lambda x: losses.class_prior_loss(x, jnp.asarray(labels), 3)
+  assert loss(jnp.asarray(vanishing)) > loss(jnp.asarray(shrinking)) > 0
+  assert np.all(np.asarray(jax.grad(loss)(jnp.asarray(vanishing)))[..., 2] < 0)
+  # No valid label: no prior, no loss.
+  np.testing.assert_allclose(losses.class_prior_loss(
+      jnp.asarray(logits), jnp.full((1, 2, 2), 255), 3), 0.0)

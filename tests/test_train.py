@@ -114,6 +114,26 @@ def test_source_only_and_frozen_translator_steps_run(tiny_config):
       assert "loss_img_adv" not in m and "loss_consistency" in m
 
 
+def test_class_prior_term_enters_the_objective_with_its_weight(tiny_config):
+  config = seg.get_config("tiny")
+  config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
+  config.loss.class_prior = 0.5
+  host_state = state_lib.create_train_state(
+      config, models.build_networks(config), jax.random.PRNGKey(0))
+  nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
+  p_step = jax.pmap(step_lib.make_train_step(config, nets),
+                    axis_name=parallel.AXIS)
+  batch = parallel.shard(input_pipeline.TrainBatches(config).batch(0))
+  _, m = p_step(parallel.replicate(host_state), batch)
+  m = jax.tree_util.tree_map(lambda x: float(x[0]), m)
+  assert m["loss_class_prior"] > 0
+  weights = step_lib.loss_weights(config, 0)
+  assert float(weights["class_prior"]) == 0.5
+  total = sum(float(weights[k]) * m[f"loss_{k}"] for k in weights
+              if f"loss_{k}" in m)
+  np.testing.assert_allclose(m["loss_total"], total, rtol=1e-5)
+
+
 def test_remat_options_leave_the_step_unchanged(tiny_config):
   # Rematerialisation trades memory for recomputation; the maths and the
   # parameter names (so checkpoints) are the same.
