@@ -66,6 +66,14 @@ def test_overrides_reject_malformed_set():
       "source.name=folder", "source.dir=/a"]
 
 
+def test_runs_share_a_compilation_cache_unless_one_is_set():
+  env = experiments.compilation_cache_env("/w", {})
+  assert env == {"JAX_COMPILATION_CACHE_DIR": os.path.join(
+      "/w", experiments.COMPILATION_CACHE_DIR)}
+  assert experiments.compilation_cache_env(
+      "/w", {"JAX_COMPILATION_CACHE_DIR": "/mine"}) == {}
+
+
 def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
   workdir = str(tmp_path / "table")
   sets = [f"data.tfds_data_dir={tfds_dir}"]
