@@ -87,6 +87,11 @@ def _check_regression_loss(config: ml_collections.ConfigDict) -> None:
         f"loss.consistency_mask={config.loss.consistency_mask!r} compares "
         f"class decisions; the {config.task} task has none. Leave it at "
         "'all'.")
+  if config.loss.get("consistency_mean", "pixel") != "pixel":
+    raise ValueError(
+        f"loss.consistency_mean={config.loss.consistency_mean!r} averages "
+        f"over classes; the {config.task} task has none. Leave it at "
+        "'pixel'.")
   if config.loss.get("class_prior", 0.0):
     raise ValueError(
         f"loss.class_prior={config.loss.class_prior} matches class shares; "
@@ -104,6 +109,7 @@ def _consistency_l1(a: Array, b: Array) -> Array:
 
 
 CONSISTENCY_MASKS = ("all", "agree")
+CONSISTENCY_MEANS = ("pixel", "element")
 
 
 def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
@@ -112,7 +118,13 @@ def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
   (``loss.consistency_balance``: the power of
   :func:`losses.class_balance_weights`; 0 = the paper's plain mean) and
   optionally on the pixels where both nets' argmax agree only
-  (``loss.consistency_mask='agree'``; 'all' = the paper)."""
+  (``loss.consistency_mask='agree'``; 'all' = the paper).
+
+  ``loss.consistency_mean``: 'pixel' averages the per-pixel KL (summed over
+  the C classes) over pixels; 'element' averages over pixels and classes,
+  i.e. divides by C, as PyTorch's ``nn.KLDivLoss()`` does with its default
+  reduction (the released code's ``KL_criterion`` is undefined; ../shared/
+  REFERENCE.md)."""
   forms = dict(kl=losses.bidirectional_kl, hard=losses.cross_pseudo_label)
   if loss.consistency_form not in forms:
     raise ValueError(f"loss.consistency_form={loss.consistency_form!r}; use "
@@ -127,6 +139,17 @@ def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
     raise ValueError(f"loss.consistency_mask={mask!r}; use 'all' (the "
                      "paper) or 'agree'.")
   form, balance = forms[loss.consistency_form], loss.consistency_balance
+  # Configs written before the key existed: the per-pixel mean.
+  mean = loss.get("consistency_mean", "pixel")
+  if mean not in CONSISTENCY_MEANS:
+    raise ValueError(f"loss.consistency_mean={mean!r}; use 'pixel' or "
+                     "'element' (PyTorch KLDivLoss's default reduction).")
+  if mean == "element" and loss.consistency_form != "kl":
+    raise ValueError("loss.consistency_mean='element' is the KL's element-"
+                     "wise mean; use it with loss.consistency_form='kl'.")
+  # The number of classes C is the logits' last axis.
+  scale = (lambda a: 1.0 / a.shape[-1]) if mean == "element" else (
+      lambda a: 1.0)
 
   def weights(a, b):
     w = losses.class_balance_weights(a, b, balance) if balance else None
@@ -134,7 +157,7 @@ def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
       agree = losses.agreement_mask(a, b)
       w = agree if w is None else w * agree
     return w
-  return lambda a, b: form(a, b, weights(a, b))[0]
+  return lambda a, b: scale(a) * form(a, b, weights(a, b))[0]
 
 
 def segmentation(config: ml_collections.ConfigDict) -> Task:

@@ -136,7 +136,10 @@ def test_depth_eval_crop_masks_match_numpy_slicing():
   config.loss.update(consistency_form="kl", consistency_mask="agree")
   with pytest.raises(ValueError, match="consistency_mask='agree'"):
     tasks.get_task(config)
-  config.loss.update(consistency_mask="all", class_prior=0.1)
+  config.loss.update(consistency_mask="all", consistency_mean="element")
+  with pytest.raises(ValueError, match="consistency_mean='element'"):
+    tasks.get_task(config)
+  config.loss.update(consistency_mean="pixel", class_prior=0.1)
   with pytest.raises(ValueError, match="class_prior=0.1"):
     tasks.get_task(config)
 

@@ -178,6 +178,16 @@ def test_agreement_masked_consistency_matches_numpy():
   consistency = lambda: tasks.get_task(config).consistency(
       jnp.asarray(a), jnp.asarray(b))
   np.testing.assert_allclose(consistency(), kl.mean(), rtol=1e-5)
+  # PyTorch KLDivLoss's default reduction: the mean over classes too.
+  config.loss.consistency_mean = "element"
+  np.testing.assert_allclose(consistency(), kl.mean() / 4, rtol=1e-5)
+  config.loss.consistency_form = "hard"
+  with pytest.raises(ValueError, match="consistency_form='kl'"):
+    tasks.get_task(config)
+  config.loss.update(consistency_form="kl", consistency_mean="class")
+  with pytest.raises(ValueError, match="consistency_mean='class'"):
+    tasks.get_task(config)
+  config.loss.consistency_mean = "pixel"
   config.loss.consistency_mask = "agree"
   np.testing.assert_allclose(consistency(), kl[agree].mean(), rtol=1e-5)
   # Combined with class balance: balanced weights on the agreeing pixels.
