@@ -45,6 +45,7 @@ def get_config(task: str, arg: str, section: ml_collections.ConfigDict,
   c.data.num_classes = 0
   c.data.class_names = ()
   c.loss.regression = "l1"   # 'l1', 'berhu' or 'epe' (tasks.py)
+  c.loss.consistency_mean = "pixel"  # no classes to average over
   # DeepLab's 10x head rate is for classifiers trained from ImageNet.
   c.optim.task_net.head_lr_mult = 1.0
   c.task_net.multi_level = False

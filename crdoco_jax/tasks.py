@@ -120,11 +120,11 @@ def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
   optionally on the pixels where both nets' argmax agree only
   (``loss.consistency_mask='agree'``; 'all' = the paper).
 
-  ``loss.consistency_mean``: 'pixel' averages the per-pixel KL (summed over
-  the C classes) over pixels; 'element' averages over pixels and classes,
-  i.e. divides by C, as PyTorch's ``nn.KLDivLoss()`` does with its default
-  reduction (the released code's ``KL_criterion`` is undefined; ../shared/
-  REFERENCE.md)."""
+  ``loss.consistency_mean``: 'pixel' averages the per-pixel loss (the KL
+  summed over the C classes) over pixels; 'element' averages over pixels
+  and classes, i.e. divides by C, as PyTorch's ``nn.KLDivLoss()`` does with
+  its default reduction (the released code's ``KL_criterion`` is undefined;
+  ../shared/REFERENCE.md). The hard form is divided by C alike."""
   forms = dict(kl=losses.bidirectional_kl, hard=losses.cross_pseudo_label)
   if loss.consistency_form not in forms:
     raise ValueError(f"loss.consistency_form={loss.consistency_form!r}; use "
@@ -144,9 +144,6 @@ def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
   if mean not in CONSISTENCY_MEANS:
     raise ValueError(f"loss.consistency_mean={mean!r}; use 'pixel' or "
                      "'element' (PyTorch KLDivLoss's default reduction).")
-  if mean == "element" and loss.consistency_form != "kl":
-    raise ValueError("loss.consistency_mean='element' is the KL's element-"
-                     "wise mean; use it with loss.consistency_form='kl'.")
   # The number of classes C is the logits' last axis.
   scale = (lambda a: 1.0 / a.shape[-1]) if mean == "element" else (
       lambda a: 1.0)

@@ -175,16 +175,15 @@ def test_agreement_masked_consistency_matches_numpy():
   kl = ((np.exp(log_softmax(a)) - np.exp(log_softmax(b)))
         * (log_softmax(a) - log_softmax(b))).sum(-1)
   config = seg.get_config("demo")
+  config.loss.consistency_mean = "pixel"
   consistency = lambda: tasks.get_task(config).consistency(
       jnp.asarray(a), jnp.asarray(b))
   np.testing.assert_allclose(consistency(), kl.mean(), rtol=1e-5)
-  # PyTorch KLDivLoss's default reduction: the mean over classes too.
+  # PyTorch KLDivLoss's default reduction (the default): the mean over
+  # classes too.
   config.loss.consistency_mean = "element"
   np.testing.assert_allclose(consistency(), kl.mean() / 4, rtol=1e-5)
-  config.loss.consistency_form = "hard"
-  with pytest.raises(ValueError, match="consistency_form='kl'"):
-    tasks.get_task(config)
-  config.loss.update(consistency_form="kl", consistency_mean="class")
+  config.loss.consistency_mean = "class"
   with pytest.raises(ValueError, match="consistency_mean='class'"):
     tasks.get_task(config)
   config.loss.consistency_mean = "pixel"

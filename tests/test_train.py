@@ -292,7 +292,7 @@ def test_pretraining_phase_ignores_the_adaptation_only_keys(tiny_config):
     other.loss.update(task=2.0, consistency=0.5, feat_adv=0.3, feat_gan="lsgan",
                       adapt_start=3, adapt_ramp=5, consistency_grad="target_net",
                       consistency_balance=1.0, consistency_form="hard",
-                      consistency_mask="agree")
+                      consistency_mask="agree", consistency_mean="pixel")
     other.loss.aux.update(task=0.3, consistency=0.2, feat_adv=0.7)
     other.translator.task_gradients = False
     other.optim.task_net.update(name="sgd", lr=0.5, schedule="poly")
