@@ -128,7 +128,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # 'element': the KL averaged over pixels and classes (/ num_classes),
       # PyTorch KLDivLoss's default reduction, the likeliest reading of the
       # released code's undefined KL_criterion; 'pixel': summed over
-      # classes, averaged over pixels (10x the weight at 8 classes; on the
+      # classes, averaged over pixels (8x the weight at 8 classes; on the
       # demo it erases the small classes: README, "Evidence").
       consistency_mean="element",
       # Weight of KL(class histogram of the source labels || mean softmax)

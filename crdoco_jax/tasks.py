@@ -144,9 +144,7 @@ def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
   if mean not in CONSISTENCY_MEANS:
     raise ValueError(f"loss.consistency_mean={mean!r}; use 'pixel' or "
                      "'element' (PyTorch KLDivLoss's default reduction).")
-  # The number of classes C is the logits' last axis.
-  scale = (lambda a: 1.0 / a.shape[-1]) if mean == "element" else (
-      lambda a: 1.0)
+  per_class = mean == "element"
 
   def weights(a, b):
     w = losses.class_balance_weights(a, b, balance) if balance else None
@@ -154,7 +152,9 @@ def _segmentation_consistency(loss: ml_collections.ConfigDict) -> Callable:
       agree = losses.agreement_mask(a, b)
       w = agree if w is None else w * agree
     return w
-  return lambda a, b: scale(a) * form(a, b, weights(a, b))[0]
+  # The number of classes C is the logits' last axis.
+  return lambda a, b: (form(a, b, weights(a, b))[0]
+                       / (a.shape[-1] if per_class else 1))
 
 
 def segmentation(config: ml_collections.ConfigDict) -> Task:
