@@ -71,7 +71,9 @@ def parse_args(argv=None):
   p.add_argument("--ngf", type=int, default=None)
   p.add_argument("--gen-blocks", type=int, default=None)
   p.add_argument("--task-net", default=None,
-                 choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+                 choices=["resnet10", "resnet18", "resnet34", "resnet50",
+                          "resnet101"],
+                 help="resnet10: a test-size net, not in the reference")
   p.add_argument("--width", type=int, default=None,
                  help="task-net stem channels (64: standard ResNets)")
   p.add_argument("--disc-ndf", type=int, default=None,
@@ -111,9 +113,11 @@ def parse_args(argv=None):
   if args.vs_torch and (args.source_size != args.target_size
                         or args.source_size[0] != args.source_size[1]
                         or args.width != 64 or args.disc_ndf != 64
-                        or args.multi_level or args.config):
+                        or args.multi_level or args.config
+                        or args.task_net == "resnet10"):
     p.error("--vs-torch needs the reference's architecture: square equal "
-            "sizes, width 64, disc ndf 64, single level, --preset torch.")
+            "sizes, width 64, disc ndf 64, single level, a standard ResNet, "
+            "--preset torch.")
   if args.vs_torch and args.compile_only:
     p.error("--vs-torch times steps; drop --compile-only.")
   return args

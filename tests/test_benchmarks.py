@@ -6,7 +6,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--image-size", "32", "--batch", "1", "--ngf", "4", "--gen-blocks",
-        "1", "--task-net", "resnet18", "--width", "8", "--disc-ndf", "4",
+        "1", "--task-net", "resnet10", "--width", "8", "--disc-ndf", "4",
         "--num-classes", "3"]
 
 

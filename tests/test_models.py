@@ -41,7 +41,7 @@ def test_parameter_counts_match_reference(module, inputs, expected):
 def test_translator_shapes_range_and_bf16():
   model = TranslatorPair(ngf=8, n_blocks=2)
   x = jax.random.uniform(KEY, (2, 32, 48, 3), minval=-1, maxval=1)
-  params = model.init(KEY, x)["params"]
+  params = jax.jit(model.init)(KEY, x)["params"]
   for direction in ("S2T", "T2S"):
     y = model.apply({"params": params}, x, direction)
     assert y.shape == x.shape and y.dtype == jnp.float32
@@ -56,7 +56,7 @@ def test_translator_shapes_range_and_bf16():
 def test_translator_directions_differ_unless_shared_params():
   model = TranslatorPair(ngf=8, n_blocks=2)
   x = jax.random.uniform(KEY, (1, 16, 16, 3), minval=-1, maxval=1)
-  params = model.init(KEY, x)["params"]
+  params = jax.jit(model.init)(KEY, x)["params"]
   assert set(params) == {"G_S2T", "G_T2S"}
   a = model.apply({"params": params}, x, "S2T")
   b = model.apply({"params": params}, x, "T2S")
@@ -67,15 +67,15 @@ def test_translator_shared_encoder_is_one_parameter_set_with_two_gradients():
   kw = dict(ngf=8, n_blocks=4, encoder_blocks=2)
   shared = TranslatorPair(share_encoder=True, **kw)
   x = jax.random.uniform(KEY, (1, 16, 16, 3), minval=-1, maxval=1)
-  params = shared.init(KEY, x)["params"]
+  params = jax.jit(shared.init)(KEY, x)["params"]
   assert set(params) == {"encoder", "decoder_S2T", "decoder_T2S"}
   unshared = n_params(TranslatorPair(share_encoder=False, **kw), x)
   enc = layers.count_params(params["encoder"])
   assert layers.count_params(params) == unshared - enc
 
   def grad_of(direction):
-    return jax.grad(lambda p: jnp.sum(shared.apply({"params": p}, x,
-                                                   direction) ** 2))(params)
+    return jax.jit(jax.grad(lambda p: jnp.sum(shared.apply(
+        {"params": p}, x, direction) ** 2)))(params)
   g_st, g_ts = grad_of("S2T"), grad_of("T2S")
   norm = lambda t: float(sum(jnp.sum(l ** 2) for l in jax.tree.leaves(t)))
   assert norm(g_st["encoder"]) > 0 and norm(g_ts["encoder"]) > 0
@@ -87,11 +87,11 @@ def test_residual_translator_starts_at_identity_and_learns(share_encoder):
   kw = dict(ngf=4, n_blocks=2, share_encoder=share_encoder)
   model = TranslatorPair(residual=True, **kw)
   x = jax.random.uniform(KEY, (2, 16, 16, 3), minval=-0.99, maxval=0.99)
-  params = model.init(KEY, x)["params"]
+  params = jax.jit(model.init)(KEY, x)["params"]
   # Same parameters as the plain translator, which is far from identity.
   plain = TranslatorPair(**kw)
   assert (jax.tree.structure(params)
-          == jax.tree.structure(plain.init(KEY, x)["params"]))
+          == jax.tree.structure(jax.jit(plain.init)(KEY, x)["params"]))
   assert float(jnp.abs(plain.apply({"params": params}, x, "S2T") - x).max()
                ) > 0.1
   for direction in ("S2T", "T2S"):
@@ -104,7 +104,7 @@ def test_residual_translator_starts_at_identity_and_learns(share_encoder):
   # A step on a colour-shift objective moves the output towards it.
   loss = lambda p: jnp.mean((model.apply({"params": p}, x, "S2T")
                              - (x * 0.5 + 0.2)) ** 2)
-  g = jax.grad(loss)(params)
+  g = jax.jit(jax.grad(loss))(params)
   stepped = jax.tree.map(lambda p, d: p - 0.02 * d, params, g)
   assert float(loss(stepped)) < float(loss(params))
 
@@ -112,11 +112,11 @@ def test_residual_translator_starts_at_identity_and_learns(share_encoder):
 def test_discriminator_output_shapes():
   x = jnp.zeros((2, 64, 64, 3))
   pair = DiscriminatorPair(lambda: PatchGAN(ndf=8))
-  params = pair.init(KEY, x)["params"]
+  params = jax.jit(pair.init)(KEY, x)["params"]
   assert set(params) == {"D_S", "D_T"}
   assert pair.apply({"params": params}, x, "T").shape == (2, 6, 6, 1)
   fc = FCDiscriminator(ndf=8)
-  p = fc.init(KEY, jnp.zeros((2, 64, 64, 5)))
+  p = jax.jit(fc.init)(KEY, jnp.zeros((2, 64, 64, 5)))
   assert fc.apply(p, jnp.zeros((2, 64, 64, 5))).shape == (2, 2, 2, 1)
 
 
@@ -144,7 +144,7 @@ def small_task_pair(**kw):
 def test_task_net_outputs_and_bn_update_only_in_train_mode():
   model = small_task_pair()
   x = jax.random.normal(KEY, (2, 32, 32, 3))
-  variables = model.init(KEY, x)
+  variables = jax.jit(model.init)(KEY, x)
   assert set(variables) == {"params", "batch_stats"}
   out = model.apply(variables, x, "T")
   assert set(out) == {"main", "aux"}
@@ -169,7 +169,7 @@ def test_task_net_outputs_and_bn_update_only_in_train_mode():
 def test_partial_sharing_shares_parameters_and_gets_both_gradients():
   model = small_task_pair(share_last=2, multi_level=False)
   x = jax.random.normal(KEY, (1, 32, 32, 3))
-  variables = model.init(KEY, x)
+  variables = jax.jit(model.init)(KEY, x)
   params = variables["params"]
   assert {"layer4", "heads", "stem_S", "stem_T", "layer3_S"} <= set(params)
   assert "layer4_S" not in params and "heads_T" not in params
@@ -177,7 +177,7 @@ def test_partial_sharing_shares_parameters_and_gets_both_gradients():
   def grad_of(domain):
     f = lambda p: jnp.sum(model.apply({**variables, "params": p}, x,
                                       domain)["main"] ** 2)
-    return jax.grad(f)(params)
+    return jax.jit(jax.grad(f))(params)
   norm = lambda t: float(sum(jnp.sum(l ** 2) for l in jax.tree.leaves(t)))
   g_s, g_t = grad_of("S"), grad_of("T")
   assert norm(g_s["layer4"]) > 0 and norm(g_t["layer4"]) > 0
@@ -188,18 +188,21 @@ def test_task_net_regression_head_bf16_and_remat():
   model = small_task_pair(out_channels=1, multi_level=False, remat=True,
                           dtype=jnp.bfloat16)
   x = jax.random.normal(KEY, (1, 32, 32, 3))
-  variables = model.init(KEY, x)
+  variables = jax.jit(model.init)(KEY, x)
   assert jax.tree.leaves(variables["params"])[0].dtype == jnp.float32
   # remat keeps the parameter names: checkpoints load either way.
   plain = small_task_pair(out_channels=1, multi_level=False)
   assert (jax.tree.structure(jax.eval_shape(plain.init, KEY, x))
           == jax.tree.structure(variables))
-  out, _ = model.apply(variables, x, "S", train=True, mutable=["batch_stats"])
+  # One compiled program: op by op, remat's backward runs ~30 s on CPU.
+  def mean_out(p):
+    out, _ = model.apply({**variables, "params": p}, x, "S", train=True,
+                         mutable=["batch_stats"])
+    return jnp.mean(out["main"]), out
+  (_, out), g = jax.jit(jax.value_and_grad(mean_out, has_aux=True))(
+      variables["params"])
   assert out["main"].shape == (1, 32, 32, 1)
   assert bool(jnp.all(jnp.isfinite(out["main"])))
-  g = jax.grad(lambda p: jnp.mean(model.apply(
-      {**variables, "params": p}, x, "S", train=True,
-      mutable=["batch_stats"])[0]["main"]))(variables["params"])
   assert all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree.leaves(g))
 
 
@@ -208,7 +211,7 @@ def test_synchronised_bn_under_pmap_matches_global_batch():
   model = small_task_pair(multi_level=False)
   synced = small_task_pair(multi_level=False, bn_axis_name="batch")
   x = jax.random.normal(KEY, (n * 2, 32, 32, 3))
-  variables = model.init(KEY, x[:1])
+  variables = jax.jit(model.init)(KEY, x[:1])
   full, new_full = model.apply(variables, x, "S", train=True,
                                mutable=["batch_stats"])
   rep = flax.jax_utils.replicate(variables)

@@ -30,6 +30,7 @@ from configs import seg
 from crdoco_jax import checkpointing, models, train
 from crdoco_jax import state as state_lib
 from crdoco_jax.data import input_pipeline
+from tests.subprocesses import env_with_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANT = "tiny,source_only"
@@ -75,8 +76,7 @@ def kill_group(proc):
 
 def start_processes(workdir, config, logdir, n=2, devices=2):
   port = free_port()
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env = env_with_devices(devices)
   procs, logs = [], []
   try:
     for i in range(n):

@@ -15,6 +15,7 @@ from crdoco_jax import checkpointing, models, parallel, train
 from crdoco_jax import state as state_lib
 from crdoco_jax import train_step as step_lib
 from crdoco_jax.data import input_pipeline
+from tests.subprocesses import env_with_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 400
@@ -101,12 +102,6 @@ def launch_cmd(workdir, tfds_dir, steps, extra=()):
           f"--config.train.num_steps={steps}", "--config.train.log_every=1",
           "--config.train.image_every=0", "--config.train.eval_every=1000",
           *extra]
-
-
-def env_with_devices(n):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
-  return env
 
 
 def final_params(workdir, config):
