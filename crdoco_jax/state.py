@@ -65,10 +65,13 @@ def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
 
   gen_params = jax.jit(nets.translator.init)(k_gen, image)["params"]
   dimg_params = jax.jit(nets.d_img.init)(k_dimg, image)["params"]
-  out = nets.task.apply(task_vars, task_input, "S")
+  # Only the heads' shapes matter to the output-space discriminators.
+  out = jax.eval_shape(lambda v, x: nets.task.apply(v, x, "S"), task_vars,
+                       task_input)
   feat_init = jax.jit(nets.d_feat.init)
   dfeat_params = {
-      head: feat_init(jax.random.fold_in(k_dfeat, i), out[head])["params"]
+      head: feat_init(jax.random.fold_in(k_dfeat, i),
+                      jnp.zeros(out[head].shape, out[head].dtype))["params"]
       for i, head in enumerate(head_names(config))}
   new = lambda apply_fn, params, name: train_state.TrainState.create(
       apply_fn=apply_fn, params=params, tx=make_tx(name))

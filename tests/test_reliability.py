@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import seg
 from crdoco_jax import checkpointing, models, parallel, train
 from crdoco_jax import state as state_lib
 from crdoco_jax import train_step as step_lib
@@ -114,12 +115,15 @@ def final_params(workdir, config):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tfds_dir):
-  """An 8-step run in one process on 4 devices: the reference."""
+  """An 8-step run on 4 devices, never stopped: the reference. In this
+  process (launch.py's processes have the same devices and XLA flags, so
+  the same compiled step), which saves a process start-up and a compile."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  subprocess.run(launch_cmd(workdir, tfds_dir, 8,
-                            ["--config.train.checkpoint_every=2"]),
-                 cwd=REPO, env=env_with_devices(4), check=True,
-                 capture_output=True, timeout=TIMEOUT)
+  config = seg.get_config("tiny")
+  config.data.tfds_data_dir = tfds_dir
+  config.train.update(num_steps=8, log_every=1, image_every=0,
+                      eval_every=1000, checkpoint_every=2)
+  train.train_and_evaluate(config, workdir)
   return workdir
 
 
