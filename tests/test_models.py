@@ -194,7 +194,7 @@ def test_task_net_regression_head_bf16_and_remat():
   plain = small_task_pair(out_channels=1, multi_level=False)
   assert (jax.tree.structure(jax.eval_shape(plain.init, KEY, x))
           == jax.tree.structure(variables))
-  # One compiled program: op by op, remat's backward runs ~30 s on CPU.
+  # One compiled program: op by op, this test took ~40 s on 2 CPU cores.
   def mean_out(p):
     out, _ = model.apply({**variables, "params": p}, x, "S", train=True,
                          mutable=["batch_stats"])
