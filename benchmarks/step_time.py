@@ -91,8 +91,9 @@ def parse_args(argv=None):
   p.add_argument("--frozen-translator", action="store_true")
   p.add_argument("--subpixel", action="store_true",
                  help="translator upsampling as four stride-1 convs")
-  p.add_argument("--translator-wgrad", default="xla", choices=["xla", "matmul"],
-                 help="kernel gradients of the translators' residual blocks")
+  p.add_argument("--conv", default="xla", choices=["xla", "gemm"],
+                 help="compute.conv: 'gemm' computes every convolution's "
+                 "gradients as matmuls")
   p.add_argument("--devices", type=int, default=1,
                  help="local devices to pmap over")
   p.add_argument("--steps", type=int, default=5)
@@ -134,8 +135,7 @@ def make_config(args):
   c.target.image_size = tuple(args.target_size)
   c.translator.update(ngf=args.ngf, n_blocks=args.gen_blocks,
                       share_encoder=args.share_encoder, remat=args.remat,
-                      frozen=args.frozen_translator, subpixel=args.subpixel,
-                      wgrad=args.translator_wgrad)
+                      frozen=args.frozen_translator, subpixel=args.subpixel)
   c.task_net.update(arch=args.task_net, multi_level=args.multi_level,
                     share_last=args.share_last, remat=args.remat,
                     width=args.width)
@@ -143,6 +143,7 @@ def make_config(args):
   if args.preset == "torch":
     c.optim.task_net.head_lr_mult = 1.0  # the reference uses one rate
   c.compute.dtype = args.dtype
+  c.compute.conv = args.conv
   c.compute.remat_networks = args.remat_networks
   return c
 
@@ -230,7 +231,7 @@ def run_jax(args, return_compiled=False):
       remat=args.remat, remat_networks=args.remat_networks,
       share_encoder=args.share_encoder,
       share_last=args.share_last, frozen_translator=args.frozen_translator,
-      subpixel=args.subpixel, translator_wgrad=args.translator_wgrad,
+      subpixel=args.subpixel, conv=args.conv,
       params=counts, params_total=sum(counts.values()),
       lower_s=lower_s, compile_s=compile_s, flops_per_step=flops,
       peak_bytes_compiled=peak_compiled, memory_analysis=mem_sizes)

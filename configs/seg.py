@@ -82,8 +82,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # flow (configs/flow.py:demo), fails where a translation must make
       # texture (the segmentation demo; README, "Depth and flow").
       residual=False,
-      # 'matmul': the residual blocks' kernel gradients as one matmul over
-      # im2col windows (layers.conv; same gradients), an XLA:CPU speed option.
+      # 'matmul': the translators' convolutions as compute.conv='gemm' (kept
+      # for configs that set it; use compute.conv).
       wgrad="xla",
   ))
   c.task_net = ml_collections.ConfigDict(dict(
@@ -169,6 +169,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # of translator.remat / task_net.remat, which remat blocks): backward
       # recomputes each forward; a memory option (README, "Speed").
       remat_networks=False,
+      # 'gemm': every convolution's gradients as matmuls (layers.
+      # conv_general_dilated_gemm; same maths to float tolerance), faster
+      # on XLA:CPU, more backward-pass memory; 'xla': XLA's convolutions.
+      conv="xla",
   ))
   # Networks initialised from converted PyTorch weights when a run starts
   # (python -m crdoco_jax.convert; README "Pretrained weights"); '' keeps

@@ -31,28 +31,34 @@ def build_networks(config: ml_collections.ConfigDict,
   """Module definitions from a config. ``bn_axis_name`` synchronises the
   task nets' BatchNorm over that pmap axis (None outside pmap)."""
   dtype = jnp.dtype(config.compute.dtype)
+  # Configs written before the key existed: XLA's convolutions.
+  conv = config.compute.get("conv", "xla")
   t, f, d = config.translator, config.task_net, config.disc
   out_channels = (config.data.num_classes if config.task == "segmentation"
                   else config.data.out_channels)
   if f.arch == "flownets":  # task_net.levels: encoder stages
     task = FlowNetSPair(f.width, f.levels, out_channels, f.multi_level,
                         f.frozen_bn, bn_axis_name, dtype,
-                        f.get("correlation", 0))
+                        f.get("correlation", 0), conv)
   else:
     task = TaskNetPair(f.arch, out_channels, f.multi_level, f.share_last,
                        f.frozen_bn, bn_axis_name, True, f.remat, dtype,
                        f.width,
                        # Configs written before the key existed: Caffe style.
-                       stride_on_3x3=f.get("stride_on_3x3", False))
+                       stride_on_3x3=f.get("stride_on_3x3", False),
+                       conv_impl=conv)
   return Networks(
       translator=TranslatorPair(t.ngf, t.n_blocks, t.share_encoder,
                                 t.encoder_blocks, t.remat, dtype,
                                 t.get("subpixel", False),
                                 t.get("residual", False),
-                                t.get("wgrad", "xla")),
+                                # translator.wgrad='matmul' (matmul kernel
+                                # gradients) is now a part of 'gemm'.
+                                "gemm" if t.get("wgrad") == "matmul"
+                                else conv),
       task=task,
       d_img=DiscriminatorPair(functools.partial(
-          PatchGAN, d.img_ndf, d.img_layers, dtype)),
+          PatchGAN, d.img_ndf, d.img_layers, dtype, conv)),
       d_feat=DiscriminatorPair(functools.partial(
-          FCDiscriminator, d.feat_ndf, dtype)),
+          FCDiscriminator, d.feat_ndf, dtype, conv)),
   )

@@ -41,18 +41,20 @@ class BasicBlock(nn.Module):
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
   stride_on_3x3: bool = False  # no effect: the first 3x3 conv strides anyway
+  conv_impl: str = "xla"  # layers.CONV_IMPLS
   expansion = 1
 
   @nn.compact
   def __call__(self, x, frozen: bool):
     d = self.dilation
     conv = functools.partial(layers.conv, use_bias=False,
-                             kernel_init=layers.he_fan_out, dtype=self.dtype)
+                             kernel_init=layers.he_fan_out, dtype=self.dtype,
+                             impl=self.conv_impl)
     norm = lambda y: self.norm()(y, use_running_average=frozen)
     y = nn.relu(norm(conv(self.planes, 3, self.stride, d, d)(x)))
     y = norm(conv(self.planes, 3, 1, d, d)(y))
     return nn.relu(y + _shortcut(x, self.planes, self.stride, self.norm,
-                                 frozen, self.dtype))
+                                 frozen, self.dtype, self.conv_impl))
 
 
 class Bottleneck(nn.Module):
@@ -62,13 +64,15 @@ class Bottleneck(nn.Module):
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
   stride_on_3x3: bool = False
+  conv_impl: str = "xla"
   expansion = 4
 
   @nn.compact
   def __call__(self, x, frozen: bool):
     d = self.dilation
     conv = functools.partial(layers.conv, use_bias=False,
-                             kernel_init=layers.he_fan_out, dtype=self.dtype)
+                             kernel_init=layers.he_fan_out, dtype=self.dtype,
+                             impl=self.conv_impl)
     norm = lambda y: self.norm()(y, use_running_average=frozen)
     # Caffe-style: the stride sits on the first 1x1 conv; torchvision's on
     # the 3x3 conv.
@@ -77,16 +81,16 @@ class Bottleneck(nn.Module):
     y = nn.relu(norm(conv(self.planes, 3, s3, d, d)(y)))
     y = norm(conv(self.planes * 4, 1)(y))
     return nn.relu(y + _shortcut(x, self.planes * 4, self.stride, self.norm,
-                                 frozen, self.dtype))
+                                 frozen, self.dtype, self.conv_impl))
 
 
-def _shortcut(x, features, stride, norm, frozen, dtype):
+def _shortcut(x, features, stride, norm, frozen, dtype, conv_impl):
   """Identity, or a strided 1x1 projection + BN where the shape changes."""
   if stride == 1 and x.shape[-1] == features:
     return x
   y = layers.conv(features, 1, stride, use_bias=False,
                   kernel_init=layers.he_fan_out, dtype=dtype,
-                  name="downsample_conv")(x)
+                  name="downsample_conv", impl=conv_impl)(x)
   return norm(name="downsample_bn")(y, use_running_average=frozen)
 
 
@@ -103,11 +107,13 @@ class Stem(nn.Module):
   norm: Any
   features: int = 64
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, frozen: bool):
-    x = layers.conv(self.features, 7, 2, 3, use_bias=False, kernel_init=layers.he_fan_out,
-                    dtype=self.dtype)(x.astype(self.dtype))
+    x = layers.conv(self.features, 7, 2, 3, use_bias=False,
+                    kernel_init=layers.he_fan_out, dtype=self.dtype,
+                    impl=self.conv_impl)(x.astype(self.dtype))
     x = self.norm()(x, use_running_average=frozen)
     return layers.max_pool_ceil(nn.relu(x))
 
@@ -123,6 +129,7 @@ class ResLayer(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   stride_on_3x3: bool = False
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, frozen: bool):
@@ -131,7 +138,7 @@ class ResLayer(nn.Module):
              else self.block)
     for i in range(self.n):  # explicit names: remat keeps the parameters
       x = block(self.planes, self.stride if i == 0 else 1, self.dilation,
-                self.norm, self.dtype, self.stride_on_3x3,
+                self.norm, self.dtype, self.stride_on_3x3, self.conv_impl,
                 name=f"{self.block.__name__}_{i}")(x, frozen)
     return x
 
@@ -141,12 +148,14 @@ class ASPP(nn.Module):
   out_channels: int
   rates: Sequence[int] = (6, 12, 18, 24)
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
     return sum(layers.conv(self.out_channels, 3, 1, r, r,
                            kernel_init=nn.initializers.normal(0.01),
-                           dtype=self.dtype)(x) for r in self.rates)
+                           dtype=self.dtype, impl=self.conv_impl)(x)
+               for r in self.rates)
 
 
 class Heads(nn.Module):
@@ -154,12 +163,15 @@ class Heads(nn.Module):
   out_channels: int
   multi_level: bool
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, feat3, feat4) -> Dict[str, jax.Array]:
-    out = {"main": ASPP(self.out_channels, dtype=self.dtype, name="main")(feat4)}
+    aspp = functools.partial(ASPP, self.out_channels, dtype=self.dtype,
+                             conv_impl=self.conv_impl)
+    out = {"main": aspp(name="main")(feat4)}
     if self.multi_level:
-      out["aux"] = ASPP(self.out_channels, dtype=self.dtype, name="aux")(feat3)
+      out["aux"] = aspp(name="aux")(feat3)
     return out
 
 
@@ -178,6 +190,7 @@ class TaskNetPair(nn.Module):
   dtype: Any = jnp.float32
   width: int = 64  # channels of the stem; layer widths scale with it
   stride_on_3x3: bool = False  # torchvision bottlenecks (see module doc)
+  conv_impl: str = "xla"  # layers.CONV_IMPLS: 'gemm' is faster on XLA:CPU
 
   def setup(self):
     if self.arch not in ARCHS:
@@ -197,14 +210,15 @@ class TaskNetPair(nn.Module):
   def _make_unit(self, unit: str) -> nn.Module:
     block, counts = ARCHS[self.arch]
     if unit == "stem":
-      return Stem(self._norm, self.width, self.dtype)
+      return Stem(self._norm, self.width, self.dtype, self.conv_impl)
     if unit == "heads":
-      return Heads(self.out_channels, self.multi_level, self.dtype)
+      return Heads(self.out_channels, self.multi_level, self.dtype,
+                   self.conv_impl)
     i = int(unit[-1]) - 1
     planes, stride, dilation = LAYER_SPECS[i]
     return ResLayer(block, planes * self.width // 64, counts[i], stride,
                     dilation, self._norm, self.remat, self.dtype,
-                    self.stride_on_3x3)
+                    self.stride_on_3x3, self.conv_impl)
 
   def _unit(self, unit: str, domain: str) -> nn.Module:
     shared = UNITS.index(unit) >= len(UNITS) - self.share_last

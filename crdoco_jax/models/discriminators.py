@@ -9,6 +9,7 @@
   C=19.
 * ``DiscriminatorPair``: one discriminator per domain (D_S, D_T).
 """
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -23,35 +24,36 @@ class PatchGAN(nn.Module):
   ndf: int = 64
   n_layers: int = 3
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"  # layers.CONV_IMPLS
 
   @nn.compact
   def __call__(self, x):
-    x = layers.conv(self.ndf, 4, stride=2, padding=1, dtype=self.dtype)(
-        x.astype(self.dtype))
+    conv = functools.partial(layers.conv, padding=1, dtype=self.dtype,
+                             impl=self.conv_impl)
+    x = conv(self.ndf, 4, stride=2)(x.astype(self.dtype))
     x = nn.leaky_relu(x, 0.2)
     for n in range(1, self.n_layers + 1):
       stride = 2 if n < self.n_layers else 1  # last hidden conv keeps size
-      x = layers.conv(self.ndf * min(2 ** n, 8), 4, stride=stride, padding=1,
-                      dtype=self.dtype)(x)
+      x = conv(self.ndf * min(2 ** n, 8), 4, stride=stride)(x)
       x = nn.leaky_relu(layers.instance_norm(self.dtype)(x), 0.2)
-    x = layers.conv(1, 4, stride=1, padding=1, dtype=self.dtype)(x)
+    x = conv(1, 4, stride=1)(x)
     return x.astype(jnp.float32)
 
 
 class FCDiscriminator(nn.Module):
   ndf: int = 64
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
+    conv = functools.partial(layers.conv, stride=2, padding=1,
+                             kernel_init=layers.torch_default_init,
+                             dtype=self.dtype, impl=self.conv_impl)
     x = x.astype(self.dtype)
     for mult in (1, 2, 4, 8):
-      x = layers.conv(self.ndf * mult, 4, stride=2, padding=1,
-                      kernel_init=layers.torch_default_init,
-                      dtype=self.dtype)(x)
-      x = nn.leaky_relu(x, 0.2)
-    x = layers.conv(1, 4, stride=2, padding=1,
-                    kernel_init=layers.torch_default_init, dtype=self.dtype)(x)
+      x = nn.leaky_relu(conv(self.ndf * mult, 4)(x), 0.2)
+    x = conv(1, 4)(x)
     return x.astype(jnp.float32)
 
 

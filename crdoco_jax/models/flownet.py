@@ -64,21 +64,22 @@ class FlowNetS(nn.Module):
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
   correlation: int = 0
+  conv_impl: str = "xla"  # layers.CONV_IMPLS
 
   @nn.compact
   def __call__(self, x: jax.Array, frozen: bool) -> Dict[str, jax.Array]:
     act = lambda y: nn.leaky_relu(y, 0.1)
+    conv = functools.partial(layers.conv, dtype=self.dtype,
+                             impl=self.conv_impl)
 
     def conv_bn(y, features, kernel, stride=1):
-      y = layers.conv(features, kernel, stride, (kernel - 1) // 2,
-                      use_bias=False, kernel_init=layers.he_fan_out,
-                      dtype=self.dtype)(y)
+      y = conv(features, kernel, stride, (kernel - 1) // 2,
+               use_bias=False, kernel_init=layers.he_fan_out)(y)
       return act(self.norm()(y, use_running_average=frozen))
 
     def predict(y):
-      return layers.conv(self.out_channels, 3, 1, 1,
-                         kernel_init=nn.initializers.normal(0.01),
-                         dtype=self.dtype)(y)
+      return conv(self.out_channels, 3, 1, 1,
+                  kernel_init=nn.initializers.normal(0.01))(y)
 
     def up2(y):  # bilinear x2 (FlowNet upsamples its coarse flow too)
       n, h, w, c = y.shape
@@ -91,11 +92,11 @@ class FlowNetS(nn.Module):
     start = 0
     if self.correlation:
       # Siamese stages: the same modules (and BN statistics) on each frame.
-      stages = [(layers.conv(c, k, 2, (k - 1) // 2, use_bias=False,
-                             kernel_init=layers.he_fan_out, dtype=self.dtype),
+      stages = [(conv(c, k, 2, (k - 1) // 2, use_bias=False,
+                      kernel_init=layers.he_fan_out),
                  self.norm(),
-                 layers.conv(c, 3, 1, 1, use_bias=False,
-                             kernel_init=layers.he_fan_out, dtype=self.dtype),
+                 conv(c, 3, 1, 1, use_bias=False,
+                      kernel_init=layers.he_fan_out),
                  self.norm()) for c, k in zip(widths[:1], kernels[:1])]
 
       def siamese(y):
@@ -144,6 +145,7 @@ class FlowNetSPair(nn.Module):
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
   correlation: int = 0  # > 0: FlowNetC-style (see FlowNetS)
+  conv_impl: str = "xla"  # layers.CONV_IMPLS: 'gemm' is faster on XLA:CPU
 
   def setup(self):
     norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5,
@@ -151,7 +153,8 @@ class FlowNetSPair(nn.Module):
     for d in DOMAINS:
       setattr(self, f"net_{d}", FlowNetS(self.width, self.levels,
                                          self.out_channels, self.multi_level,
-                                         norm, self.dtype, self.correlation))
+                                         norm, self.dtype, self.correlation,
+                                         self.conv_impl))
 
   def __call__(self, x: jax.Array, domain: str = None, train: bool = False):
     if domain is None:

@@ -81,31 +81,35 @@ def count_params(params: Any) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
 
-WGRAD = ("xla", "matmul")
+CONV_IMPLS = ("xla", "gemm")
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: Any = 0,
          dilation: int = 1, use_bias: bool = True, kernel_init=gan_init,
          dtype: Dtype = jnp.float32, name: str = None,
-         wgrad: str = "xla") -> nn.Conv:
+         impl: str = "xla") -> nn.Conv:
   """``nn.Conv`` with PyTorch-style integer padding (symmetric).
 
-  ``wgrad='matmul'`` computes the kernel gradient as one matmul over im2col
-  windows (``conv_general_dilated_matmul_wgrad``) instead of XLA's
-  kernel-gradient convolution: same function, same gradients to float
-  tolerance; an opt-in for XLA:CPU.
+  ``impl='gemm'`` computes it with ``conv_general_dilated_gemm`` (matmul
+  gradients; an XLA:CPU speed option) instead of XLA's convolutions: the
+  same function and gradients to float tolerance.
   """
-  if wgrad not in WGRAD:
-    raise ValueError(f"wgrad must be one of {WGRAD}, got {wgrad!r}")
   if isinstance(padding, int):
     padding = ((padding, padding), (padding, padding))
-  impl = conv_general_dilated_matmul_wgrad if wgrad == "matmul" else None
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=padding, kernel_dilation=(dilation, dilation),
                  use_bias=use_bias, kernel_init=kernel_init,
                  bias_init=nn.initializers.zeros, dtype=dtype, name=name,
-                 conv_general_dilated=impl)
+                 conv_general_dilated=conv_general_dilated_fn(impl))
 
+
+def conv_general_dilated_fn(impl: str):
+  """``lax.conv_general_dilated`` or a drop-in with the same signature."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv implementation must be one of {CONV_IMPLS}, "
+                     f"got {impl!r}")
+  return (conv_general_dilated_gemm if impl == "gemm"
+          else jax.lax.conv_general_dilated)
 
 
 def _conv_nhwc(x, kernel, strides, padding, dilation):
@@ -114,52 +118,115 @@ def _conv_nhwc(x, kernel, strides, padding, dilation):
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_matmul_wgrad(x, kernel, strides, padding, dilation):
+def _im2col(x, kernel_shape, strides, padding, dilation, out_hw):
+  """``[N, Ho, Wo, kh*kw*C]``: the kernel's strided windows of the padded
+  input, tap after tap on the channel axis (row-major over (kh, kw, C), the
+  order of an HWIO kernel reshaped to ``[kh*kw*C, O]``)."""
+  kh, kw = kernel_shape
+  n, _, _, c = x.shape
+  (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  cols = [jax.lax.slice(x, (0, i * dh, j * dw, 0),
+                        (n, i * dh + (ho - 1) * sh + 1,
+                         j * dw + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+  return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def _conv_output_taps(x, kernel, strides, padding, dilation, out_hw):
+  """The convolution as one matmul into every tap's output channels, then
+  the taps' shifted, strided slices summed: the fast form when the output
+  has few channels (XLA:CPU's convolution is slow for, e.g., 64 -> 3)."""
+  kh, kw, cin, cout = kernel.shape
+  n = x.shape[0]
+  (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  w = kernel.reshape(kh * kw, cin, cout).transpose(1, 0, 2)
+  # f32 sums, as XLA's convolutions accumulate bf16 inputs.
+  z = jax.lax.dot_general(x, w.reshape(cin, kh * kw * cout),
+                          (((3,), (0,)), ((), ())),
+                          preferred_element_type=jnp.float32)
+  z = z.reshape(z.shape[:3] + (kh * kw, cout))
+  y = 0
+  for t in range(kh * kw):
+    i, j = divmod(t, kw)
+    y = y + jax.lax.slice(z, (0, i * dh, j * dw, t, 0),
+                          (n, i * dh + (ho - 1) * sh + 1,
+                           j * dw + (wo - 1) * sw + 1, t + 1, cout),
+                          (1, sh, sw, 1, 1))[:, :, :, 0]
+  return y.astype(x.dtype)
+
+
+def _out_hw(x_shape, kernel_shape, strides, padding, dilation):
+  return tuple((x_shape[1 + a] + sum(padding[a]) - dilation[a] *
+                (kernel_shape[a] - 1) - 1) // strides[a] + 1 for a in (0, 1))
+
+
+FEW_OUTPUT_CHANNELS = 4
+
+
+def _gemm_forward(x, kernel, strides, padding, dilation):
+  if kernel.shape[-1] <= FEW_OUTPUT_CHANNELS:
+    out_hw = _out_hw(x.shape, kernel.shape, strides, padding, dilation)
+    return _conv_output_taps(x, kernel, strides, padding, dilation, out_hw)
   return _conv_nhwc(x, kernel, strides, padding, dilation)
 
 
-def _conv_matmul_wgrad_fwd(x, kernel, strides, padding, dilation):
-  return _conv_nhwc(x, kernel, strides, padding, dilation), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_gemm(x, kernel, strides, padding, dilation):
+  return _gemm_forward(x, kernel, strides, padding, dilation)
 
 
-def _conv_matmul_wgrad_bwd(strides, padding, dilation, res, g):
+def _conv_gemm_fwd(x, kernel, strides, padding, dilation):
+  return _gemm_forward(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _conv_gemm_bwd(strides, padding, dilation, res, g):
   x, kernel = res
-  _, input_vjp = jax.vjp(
-      lambda x_: _conv_nhwc(x_, kernel, strides, padding, dilation), x)
-  (dx,) = input_vjp(g)
-  # dW[i, j, c, o] = sum_{n,h,w} x_pad[n, h*s + i*d, w*s + j*d, c] g[n,h,w,o]:
-  # the kh*kw strided windows of the padded input side by side on the
-  # channel axis (im2col) times the output gradient, one matmul.
   kh, kw, cin, cout = kernel.shape
-  n, ho, wo, _ = g.shape
-  x_pad = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  (sh, sw), (dh, dw) = strides, dilation
-  cols = [jax.lax.slice(x_pad, (0, i * dh, j * dw, 0),
-                        (n, i * dh + (ho - 1) * sh + 1,
-                         j * dw + (wo - 1) * sw + 1, cin), (1, sh, sw, 1))
-          for i in range(kh) for j in range(kw)]
-  cols = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  if cout <= FEW_OUTPUT_CHANNELS:
+    # The im2col matrices would have kh*kw*C columns for few outputs: XLA's
+    # own gradients are the faster ones here.
+    _, vjp = jax.vjp(
+        lambda x_, k_: _conv_nhwc(x_, k_, strides, padding, dilation),
+        x, kernel)
+    return vjp(g)
+  out_hw = g.shape[1:3]
+  cols_of = lambda x_: _im2col(x_, (kh, kw), strides, padding, dilation,
+                               out_hw)
+  cols = cols_of(x)
+  w = kernel.reshape(kh * kw * cin, cout)
+  # dcols = g W^T; the input gradient is im2col's transpose (pads + adds),
+  # summed in f32.
+  dcols = jax.lax.dot_general(g, w, (((3,), (1,)), ((), ())),
+                              preferred_element_type=jnp.float32)
+  _, cols_vjp = jax.vjp(cols_of, x.astype(jnp.float32))
+  (dx,) = cols_vjp(dcols)
   dk = jax.lax.dot_general(
       cols.reshape(-1, kh * kw * cin), g.reshape(-1, cout),
       (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+  return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
-_conv_matmul_wgrad.defvjp(_conv_matmul_wgrad_fwd, _conv_matmul_wgrad_bwd)
+_conv_gemm.defvjp(_conv_gemm_fwd, _conv_gemm_bwd)
 
 
-def conv_general_dilated_matmul_wgrad(
+def conv_general_dilated_gemm(
     lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
     dimension_numbers=None, feature_group_count=1, batch_group_count=1,
     precision=None, preferred_element_type=None):
   """``lax.conv_general_dilated`` (the subset ``nn.Conv`` uses on NHWC
-  inputs) whose kernel gradient is one matmul over im2col windows.
+  inputs) with every gradient a matmul; anything else goes to ``lax``.
 
-  The same function and the same gradients (up to float summation order);
-  XLA:CPU computes its own kernel-gradient convolutions several times slower
-  than the forward pass. Costs a ``kh*kw``-times copy of the input in the
-  backward pass. Anything it does not cover goes to ``lax``.
+  XLA:CPU computes convolution gradients (and convolutions with few output
+  channels) several times slower than the equivalent matmuls. Here a 1x1
+  convolution is a matmul (so autodiff gives matmuls); otherwise the
+  forward pass is XLA's (``_conv_output_taps`` for at most
+  ``FEW_OUTPUT_CHANNELS`` outputs), the kernel gradient is im2col(x)^T g
+  and the input gradient im2col's transpose applied to g W^T. The same
+  function and gradients up to float summation order; the backward pass
+  holds a ``kh*kw``-times copy of the input (a CPU option, not a memory
+  one).
   """
   spatial = lhs.ndim - 2
   nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
@@ -182,5 +249,9 @@ def conv_general_dilated_matmul_wgrad(
     padding = jax.lax.padtype_to_pads(lhs.shape[1:3], dilated,
                                       window_strides, padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv_matmul_wgrad(lhs, rhs, tuple(window_strides), padding,
-                            dilation)
+  strides = tuple(window_strides)
+  if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
+    # A 1x1 convolution is a matmul: autodiff gives matmul gradients.
+    x = lhs[:, ::strides[0], ::strides[1]]
+    return jax.lax.dot_general(x, rhs[0, 0], (((3,), (0,)), ((), ())))
+  return _conv_gemm(lhs, rhs, strides, padding, dilation)

@@ -29,18 +29,16 @@ _SKIP_MAX = 0.995  # atanh(0.995) = 3.0
 
 
 class ResidualBlock(nn.Module):
-  """x + IN(conv(pad(ReLU(IN(conv(pad(x))))))), no ReLU after the sum.
-
-  ``wgrad``: how the convs' kernel gradients are computed (layers.conv)."""
+  """x + IN(conv(pad(ReLU(IN(conv(pad(x))))))), no ReLU after the sum."""
   dtype: Any = jnp.float32
-  wgrad: str = "xla"
+  conv_impl: str = "xla"  # layers.CONV_IMPLS
 
   @nn.compact
   def __call__(self, x):
     dim = x.shape[-1]
     y = x
     for i in range(2):
-      y = layers.conv(dim, 3, dtype=self.dtype, wgrad=self.wgrad)(
+      y = layers.conv(dim, 3, dtype=self.dtype, impl=self.conv_impl)(
           layers.reflect_pad(y, 1))
       y = layers.instance_norm(self.dtype)(y)
       if i == 0:
@@ -48,12 +46,12 @@ class ResidualBlock(nn.Module):
     return x + y
 
 
-def _residual_blocks(x, n: int, remat: bool, dtype, wgrad: str):
+def _residual_blocks(x, n: int, remat: bool, dtype, conv_impl: str):
   """``n`` ResidualBlocks, named as without remat (checkpoints load either
   way); called inside a compact module, whose submodules they become."""
   block = nn.remat(ResidualBlock) if remat else ResidualBlock
   for i in range(n):
-    x = block(dtype, wgrad, name=f"ResidualBlock_{i}")(x)
+    x = block(dtype, conv_impl, name=f"ResidualBlock_{i}")(x)
   return x
 
 
@@ -70,6 +68,7 @@ class SubpixelConvTranspose(nn.Module):
   """
   features: int
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
@@ -87,8 +86,8 @@ class SubpixelConvTranspose(nn.Module):
       cols = []
       for b in (0, 1):
         k = kernel[jnp.array(taps[a])][:, jnp.array(taps[b])]
-        y = jax.lax.conv_general_dilated(
-            x[:, :h + a, :w + b], k, (1, 1), "VALID",
+        y = layers.conv_general_dilated_fn(self.conv_impl)(
+            x[:, :h + a, :w + b], k, (1, 1), ((0, 0), (0, 0)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         cols.append(y)
       rows.append(jnp.stack(cols, axis=3))  # [n, h, w, 2(b), c]
@@ -105,19 +104,20 @@ class Encoder(nn.Module):
   n_blocks: int = 0
   remat: bool = False
   dtype: Any = jnp.float32
-  wgrad: str = "xla"  # of the residual blocks' convs
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
     x = x.astype(self.dtype)
-    x = layers.conv(self.ngf, 7, dtype=self.dtype)(layers.reflect_pad(x, 3))
+    x = layers.conv(self.ngf, 7, dtype=self.dtype, impl=self.conv_impl)(
+        layers.reflect_pad(x, 3))
     x = nn.relu(layers.instance_norm(self.dtype)(x))
     for mult in (2, 4):
       x = layers.conv(self.ngf * mult, 3, stride=2, padding=1,
-                      dtype=self.dtype)(x)
+                      dtype=self.dtype, impl=self.conv_impl)(x)
       x = nn.relu(layers.instance_norm(self.dtype)(x))
     return _residual_blocks(x, self.n_blocks, self.remat, self.dtype,
-                            self.wgrad)
+                            self.conv_impl)
 
 
 class Decoder(nn.Module):
@@ -131,19 +131,20 @@ class Decoder(nn.Module):
   dtype: Any = jnp.float32
   subpixel: bool = False  # SubpixelConvTranspose: same maths, same params
   residual: bool = False  # tanh(atanh(image) + ...); output conv starts at 0
-  wgrad: str = "xla"  # of the residual blocks' convs
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, image):
     """``image``: the translator's input ``[N, 4h, 4w, 3]`` (read only when
     residual)."""
-    x = _residual_blocks(x, self.n_blocks, self.remat, self.dtype, self.wgrad)
+    x = _residual_blocks(x, self.n_blocks, self.remat, self.dtype,
+                         self.conv_impl)
     for i, mult in enumerate((2, 1)):
       # PyTorch ConvTranspose2d(k=3, s=2, p=1, output_padding=1) == exact 2x;
       # in lax.conv_transpose terms: padding (k-1-p, k-1-p+output_padding).
       if self.subpixel:
         x = SubpixelConvTranspose(self.ngf * mult, self.dtype,
-                                  name=f"ConvTranspose_{i}")(x)
+                                  self.conv_impl, name=f"ConvTranspose_{i}")(x)
       else:
         x = nn.ConvTranspose(self.ngf * mult, (3, 3), strides=(2, 2),
                              padding=((1, 2), (1, 2)),
@@ -151,9 +152,10 @@ class Decoder(nn.Module):
                              bias_init=nn.initializers.zeros,
                              dtype=self.dtype)(x)
       x = nn.relu(layers.instance_norm(self.dtype)(x))
-    x = layers.conv(3, 7, dtype=self.dtype, kernel_init=(
-        nn.initializers.zeros if self.residual else layers.gan_init))(
-            layers.reflect_pad(x, 3))
+    x = layers.conv(3, 7, dtype=self.dtype, impl=self.conv_impl,
+                    kernel_init=(nn.initializers.zeros if self.residual
+                                 else layers.gan_init))(
+                                     layers.reflect_pad(x, 3))
     x = x.astype(jnp.float32)
     if self.residual:
       # Clipped so that saturated pixels (|x| = 1) stay finite.
@@ -174,15 +176,15 @@ class ResnetGenerator(nn.Module):
   dtype: Any = jnp.float32
   subpixel: bool = False
   residual: bool = False
-  wgrad: str = "xla"
+  conv_impl: str = "xla"
 
   def setup(self):
     _check_blocks(self.n_blocks, self.encoder_blocks)
     self.encoder = Encoder(self.ngf, self.encoder_blocks, self.remat,
-                           self.dtype, self.wgrad)
+                           self.dtype, self.conv_impl)
     self.decoder = Decoder(self.ngf, self.n_blocks - self.encoder_blocks,
                            self.remat, self.dtype, self.subpixel,
-                           self.residual, self.wgrad)
+                           self.residual, self.conv_impl)
 
   def __call__(self, x):
     return self.decoder(self.encoder(x), x)
@@ -204,22 +206,22 @@ class TranslatorPair(nn.Module):
   dtype: Any = jnp.float32
   subpixel: bool = False  # upsampling by SubpixelConvTranspose
   residual: bool = False  # output = tanh(atanh(input) + decoder's)
-  wgrad: str = "xla"  # kernel gradients of the residual blocks' convs
+  conv_impl: str = "xla"  # layers.CONV_IMPLS: 'gemm' is faster on XLA:CPU
 
   def setup(self):
     _check_blocks(self.n_blocks, self.encoder_blocks)
     if self.share_encoder:
       self.encoder = Encoder(self.ngf, self.encoder_blocks, self.remat,
-                             self.dtype, self.wgrad)
+                             self.dtype, self.conv_impl)
       dec_blocks = self.n_blocks - self.encoder_blocks
       dec = lambda: Decoder(self.ngf, dec_blocks, self.remat, self.dtype,
-                            self.subpixel, self.residual, self.wgrad)
+                            self.subpixel, self.residual, self.conv_impl)
       self.decoder_S2T, self.decoder_T2S = dec(), dec()
     else:
       gen = lambda: ResnetGenerator(self.ngf, self.n_blocks,
                                     self.encoder_blocks, self.remat,
                                     self.dtype, self.subpixel, self.residual,
-                                    self.wgrad)
+                                    self.conv_impl)
       self.G_S2T, self.G_T2S = gen(), gen()
 
   def __call__(self, x: jax.Array, direction: str = None):

@@ -1,0 +1,130 @@
+"""layers.conv_general_dilated_gemm (compute.conv='gemm') equals XLA's
+convolution: outputs and both gradients, every network option."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crdoco_jax.models import layers
+
+
+def _nhwc(impl):
+  return lambda x, k, strides, padding, dilation: impl(
+      x, k, strides, padding, rhs_dilation=dilation,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation,cout", [
+    (3, 1, 1, 1, 6), (3, 2, 1, 1, 6), (1, 2, 0, 1, 6), (1, 1, 0, 1, 6),
+    (3, 1, 2, 2, 6), (4, 2, 1, 1, 6), (7, 1, 0, 1, 6), (3, 1, "SAME", 2, 6),
+    # At most FEW_OUTPUT_CHANNELS outputs: the output-taps forward pass.
+    (7, 1, 3, 1, 3), (4, 2, 1, 1, 1), (3, 2, 1, 2, 2)])
+def test_gemm_matches_xla(kernel, stride, padding, dilation, cout):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 13, 11, 5)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(kernel, kernel, 5, cout)), jnp.float32)
+  pad = padding if padding == "SAME" else ((padding,) * 2,) * 2
+  args = ((stride, stride), pad, (dilation, dilation))
+  ref = _nhwc(jax.lax.conv_general_dilated)
+  new = _nhwc(layers.conv_general_dilated_gemm)
+  y_ref = ref(x, k, *args)
+  # A non-trivial cotangent: weights every output element differently.
+  g = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+  loss = lambda f: jax.jit(jax.grad(lambda x, k: jnp.sum(f(x, k, *args) * g),
+                                    argnums=(0, 1)))
+  np.testing.assert_allclose(new(x, k, *args), y_ref, rtol=1e-5, atol=1e-4)
+  for a, b in zip(loss(ref)(x, k), loss(new)(x, k)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
+
+
+def test_gemm_bf16():
+  """bf16 inputs and kernels: gradients in bf16, close to XLA's."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(1, 8, 8, 4)), jnp.bfloat16)
+  args = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+  for cout in (3, 8):  # both forward forms
+    k = jnp.asarray(rng.normal(size=(3, 3, 4, cout)) * 0.1, jnp.bfloat16)
+    f = lambda impl: lambda x, k: jnp.sum(
+        _nhwc(impl)(x, k, *args).astype(jnp.float32) ** 2)
+    ref = jax.grad(f(jax.lax.conv_general_dilated), (0, 1))(x, k)
+    new = jax.grad(f(layers.conv_general_dilated_gemm), (0, 1))(x, k)
+    for a, b in zip(ref, new):
+      assert a.dtype == b.dtype == jnp.bfloat16
+      np.testing.assert_allclose(np.float32(b), np.float32(a), rtol=3e-2,
+                                 atol=3e-2)
+
+
+def test_unknown_conv_impl_is_an_error():
+  with pytest.raises(ValueError, match="'fast'"):
+    layers.conv(4, 3, impl="fast")
+
+
+def _assert_same_function(make, x, call, init_args=()):
+  """``make(fast)`` modules: same parameter tree, outputs and gradients
+  (w.r.t. parameters and input) to float tolerance."""
+  rng = np.random.default_rng(2)
+  variables = make(False).init(jax.random.PRNGKey(0), x, *init_args)
+  # Non-zero biases, so that they are checked too.
+  variables = {**variables, "params": jax.tree_util.tree_map(
+      lambda p: p + 0.1 * jnp.asarray(rng.normal(size=p.shape), p.dtype),
+      variables["params"])}
+  assert (jax.tree_util.tree_structure(variables) ==
+          jax.tree_util.tree_structure(
+              make(True).init(jax.random.PRNGKey(0), x, *init_args)))
+  out = lambda fast, v, x: call(make(fast), v, x)
+  target = jax.tree_util.tree_map(
+      lambda o: jnp.asarray(rng.normal(size=o.shape), jnp.float32),
+      out(False, variables, x))
+  loss = lambda fast: lambda v, x: sum(
+      jnp.sum(o * t) for o, t in zip(jax.tree_util.tree_leaves(out(fast, v, x)),
+                                     jax.tree_util.tree_leaves(target)))
+  _assert_close(out(False, variables, x), out(True, variables, x))
+  ref = jax.jit(jax.grad(loss(False), (0, 1)))(variables, x)
+  new = jax.jit(jax.grad(loss(True), (0, 1)))(variables, x)
+  _assert_close(ref, new)
+
+
+def _assert_close(ref, new):
+  # Tolerance relative to the largest value: e.g. biases before a
+  # normalisation have a gradient of exactly zero in exact arithmetic,
+  # rounding noise here.
+  scale = max(float(np.max(np.abs(a))) for a in jax.tree_util.tree_leaves(ref))
+  for a, b in zip(jax.tree_util.tree_leaves(ref),
+                  jax.tree_util.tree_leaves(new)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("share_encoder,option", [
+    (False, dict(subpixel=True)), (True, dict(subpixel=True)),
+    (False, dict(conv_impl="gemm")),
+    (True, dict(subpixel=True, conv_impl="gemm"))])
+def test_translator_speed_options_match_the_plain_translator(share_encoder,
+                                                             option):
+  """Subpixel upsampling (vs the transposed convs) and gemm convolutions."""
+  from crdoco_jax.models import translator  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 12, 8, 3)),
+                  jnp.float32)
+  make = lambda fast: translator.TranslatorPair(
+      ngf=4, n_blocks=2, encoder_blocks=1, share_encoder=share_encoder,
+      **(option if fast else {}))
+  for direction in ("S2T", "T2S"):
+    _assert_same_function(make, x, lambda m, v, x: m.apply(v, x, direction))
+
+
+def test_gemm_task_nets_and_discriminators_match_xla():
+  """A bottleneck DeepLab with both heads (1x1, strided and dilated convs,
+  ASPP), in eval mode, and both kinds of discriminator."""
+  from crdoco_jax import models  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (2, 24, 24, 3)),
+                  jnp.float32)
+  impl = lambda fast: "gemm" if fast else "xla"
+  _assert_same_function(
+      lambda fast: models.TaskNetPair("resnet50", 5, True, width=8,
+                                      conv_impl=impl(fast)),
+      x, lambda m, v, x: m.apply(v, x, "T"))
+  _assert_same_function(
+      lambda fast: models.PatchGAN(8, 3, conv_impl=impl(fast)),
+      jnp.tile(x, (1, 2, 2, 1)), lambda m, v, x: m.apply(v, x))
+  _assert_same_function(
+      lambda fast: models.FCDiscriminator(8, conv_impl=impl(fast)),
+      jnp.tile(x, (1, 2, 2, 1)), lambda m, v, x: m.apply(v, x))
