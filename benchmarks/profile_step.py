@@ -136,6 +136,14 @@ def main(argv=None):
   print("top ops:", file=sys.stderr)
   for name, ms in per_op.most_common(15):
     print(f"  {name:40s} {kinds[name]:20s} {ms:8.1f} ms", file=sys.stderr)
+  if args.dump_hlo:  # names there match the ones here
+    with open(args.dump_hlo, "w") as f:
+      f.write(compiled.as_text())
+    for cat, _ in per_cat.most_common(3):
+      print(f"top {cat} ops:", file=sys.stderr)
+      for name, ms in [(n, ms) for n, ms in per_op.most_common()
+                       if kinds[n] == cat][:5]:
+        print(f"  {name:40s} {ms:8.1f} ms", file=sys.stderr)
   if as_json:
     print(json.dumps(dict(
         config={k: result[k] for k in (

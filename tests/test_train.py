@@ -159,6 +159,29 @@ def test_remat_options_leave_the_step_unchanged(tiny_config):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_gemm_convolutions_give_the_same_losses(tiny_config):
+  """compute.conv='gemm' through every network of the step: the same loss
+  terms. (Its gradients are checked network by network in
+  test_conv_gemm.py; after one Adam step, float noise in a near-zero
+  gradient moves a parameter by up to the learning rate either way.)"""
+  host_state = state_lib.create_train_state(
+      tiny_config, models.build_networks(tiny_config), jax.random.PRNGKey(0))
+  batch = parallel.shard(input_pipeline.TrainBatches(tiny_config).batch(0))
+  gemm = seg.get_config("tiny")
+  gemm.data.tfds_data_dir = tiny_config.data.tfds_data_dir
+  gemm.compute.conv = "gemm"
+  metrics = []
+  for config in (tiny_config, gemm):
+    nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
+    p_step = jax.pmap(step_lib.make_train_step(config, nets),
+                      axis_name=parallel.AXIS)
+    metrics.append(p_step(parallel.replicate(host_state), batch)[1])
+  assert metrics[0].keys() == metrics[1].keys()
+  for k in metrics[0]:
+    np.testing.assert_allclose(metrics[1][k], metrics[0][k], rtol=1e-4,
+                               atol=1e-6, err_msg=k)
+
+
 def test_save_restore_gives_identical_state(tiny_config, tmp_path):
   config = tiny_config
   state = state_lib.create_train_state(

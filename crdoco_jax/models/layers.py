@@ -106,8 +106,8 @@ def conv(features: int, kernel: int, stride: int = 1, padding: Any = 0,
 def conv_general_dilated_fn(impl: str):
   """``lax.conv_general_dilated`` or a drop-in with the same signature."""
   if impl not in CONV_IMPLS:
-    raise ValueError(f"conv implementation must be one of {CONV_IMPLS}, "
-                     f"got {impl!r}")
+    raise ValueError(f"conv implementation (config compute.conv) must be "
+                     f"one of {CONV_IMPLS}, got {impl!r}")
   return (conv_general_dilated_gemm if impl == "gemm"
           else jax.lax.conv_general_dilated)
 
