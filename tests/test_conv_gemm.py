@@ -18,12 +18,20 @@ def _nhwc(impl):
     (3, 1, 1, 1, 6), (3, 2, 1, 1, 6), (1, 2, 0, 1, 6), (1, 1, 0, 1, 6),
     (3, 1, 2, 2, 6), (4, 2, 1, 1, 6), (7, 1, 0, 1, 6), (3, 1, "SAME", 2, 6),
     # At most FEW_OUTPUT_CHANNELS outputs: the output-taps forward pass.
-    (7, 1, 3, 1, 3), (4, 2, 1, 1, 1), (3, 2, 1, 2, 2)])
+    (7, 1, 3, 1, 3), (4, 2, 1, 1, 1), (3, 2, 1, 2, 2),
+    # Taps that read only padding are skipped (DeepLab's ASPP on a small
+    # map): some of them, all but the centre; asymmetric padding.
+    (3, 1, 12, 12, 2), (3, 1, 16, 16, 2), (3, 2, 16, 16, 2),
+    (3, 1, (2, 0), 1, 2),
+    # Few outputs for a wide input (live taps x outputs <= inputs).
+    (3, 1, 16, 16, 30)])
 def test_gemm_matches_xla(kernel, stride, padding, dilation, cout):
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 13, 11, 5)), jnp.float32)
-  k = jnp.asarray(rng.normal(size=(kernel, kernel, 5, cout)), jnp.float32)
-  pad = padding if padding == "SAME" else ((padding,) * 2,) * 2
+  cin = 5 if cout < 30 else 32
+  x = jnp.asarray(rng.normal(size=(2, 13, 11, cin)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(kernel, kernel, cin, cout)), jnp.float32)
+  pad = (padding if padding == "SAME" else (padding,) * 2
+         if isinstance(padding, tuple) else ((padding,) * 2,) * 2)
   args = ((stride, stride), pad, (dilation, dilation))
   ref = _nhwc(jax.lax.conv_general_dilated)
   new = _nhwc(layers.conv_general_dilated_gemm)

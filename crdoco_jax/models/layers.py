@@ -118,42 +118,97 @@ def _conv_nhwc(x, kernel, strides, padding, dilation):
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _conv_nhwc_padded(x, kernel, strides, padding, dilation):
+  """``_conv_nhwc``; an unpadded stride-1 convolution runs as a zero-padded
+  one, cropped. XLA:CPU (YNNPACK) runs unpadded convolutions up to 10x
+  slower than padded ones (a 7x7 64->3 conv on 2x134x134: 121 ms vs 10 ms,
+  benchmarks/micro_convs.py); the crop removes exactly the outputs that
+  read the zeros."""
+  kh, kw = kernel.shape[:2]
+  if (strides != (1, 1) or padding != ((0, 0), (0, 0))
+      or (kh, kw) == (1, 1)):
+    return _conv_nhwc(x, kernel, strides, padding, dilation)
+  ph, pw = (kh - 1) * dilation[0] // 2, (kw - 1) * dilation[1] // 2
+  y = _conv_nhwc(x, kernel, strides, ((ph, ph), (pw, pw)), dilation)
+  ho, wo = _out_hw(x.shape, kernel.shape, strides, padding, dilation)
+  return y[:, ph:ph + ho, pw:pw + wo]
+
+
+def _tap_offsets(kernel_shape, padding, dilation):
+  """``[(i, j, (row offset, column offset))]``: where each kernel tap reads
+  the unpadded input, relative to the output position times the stride."""
+  return [(i, j, (i * dilation[0] - padding[0][0],
+                  j * dilation[1] - padding[1][0]))
+          for i in range(kernel_shape[0]) for j in range(kernel_shape[1])]
+
+
+def _window(offset, strides, in_hw, out_hw):
+  """``((r0, r1), (c0, c1))``: the outputs whose tap, at ``offset``, reads
+  inside the unpadded input; None when there are none (it reads only
+  padding)."""
+  ranges = []
+  for off, s, size, n_out in zip(offset, strides, in_hw, out_hw):
+    lo, hi = max(0, (s - 1 - off) // s), min(n_out, (size - 1 - off) // s + 1)
+    if hi <= lo:
+      return None
+    ranges.append((lo, hi))
+  return tuple(ranges)
+
+
+def _shifted(a, offset, strides, out_hw):
+  """``out[:, o, p] = a[:, o*sh + dr, p*sw + dc]`` where that lies inside
+  ``a`` (``[N, H, W, ...]``), zero elsewhere: one tap's window of a
+  zero-padded input, without padding the input."""
+  window = _window(offset, strides, a.shape[1:3], out_hw)
+  if window is None:
+    return jnp.zeros(a.shape[:1] + tuple(out_hw) + a.shape[3:], a.dtype)
+  (r0, r1), (c0, c1) = window
+  (dr, dc), (sh, sw), rest = offset, strides, a.shape[3:]
+  a = jax.lax.slice(a, (0, r0 * sh + dr, c0 * sw + dc) + (0,) * len(rest),
+                    (a.shape[0], (r1 - 1) * sh + dr + 1,
+                     (c1 - 1) * sw + dc + 1) + rest,
+                    (1, sh, sw) + (1,) * len(rest))
+  pads = ((0, 0, 0), (r0, out_hw[0] - r1, 0), (c0, out_hw[1] - c1, 0))
+  return jax.lax.pad(a, jnp.zeros((), a.dtype),
+                     pads + ((0, 0, 0),) * len(rest))
+
+
 def _im2col(x, kernel_shape, strides, padding, dilation, out_hw):
   """``[N, Ho, Wo, kh*kw*C]``: the kernel's strided windows of the padded
   input, tap after tap on the channel axis (row-major over (kh, kw, C), the
   order of an HWIO kernel reshaped to ``[kh*kw*C, O]``)."""
-  kh, kw = kernel_shape
-  n, _, _, c = x.shape
-  (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
-  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  cols = [jax.lax.slice(x, (0, i * dh, j * dw, 0),
-                        (n, i * dh + (ho - 1) * sh + 1,
-                         j * dw + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
-          for i in range(kh) for j in range(kw)]
+  cols = [_shifted(x, offset, strides, out_hw)
+          for _, _, offset in _tap_offsets(kernel_shape, padding, dilation)]
   return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
+def _live_taps(x_shape, kernel_shape, strides, padding, dilation, out_hw):
+  """The taps that read some of the input (a dilated kernel on a small
+  feature map, e.g. DeepLab's ASPP at rates 18 and 24 on a 17x17 map,
+  reads mostly padding)."""
+  return [(i, j, off)
+          for i, j, off in _tap_offsets(kernel_shape, padding, dilation)
+          if _window(off, strides, x_shape[1:3], out_hw) is not None]
+
+
 def _conv_output_taps(x, kernel, strides, padding, dilation, out_hw):
-  """The convolution as one matmul into every tap's output channels, then
-  the taps' shifted, strided slices summed: the fast form when the output
-  has few channels (XLA:CPU's convolution is slow for, e.g., 64 -> 3)."""
-  kh, kw, cin, cout = kernel.shape
-  n = x.shape[0]
-  (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
-  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  w = kernel.reshape(kh * kw, cin, cout).transpose(1, 0, 2)
+  """The convolution as one matmul into the live taps' output channels,
+  then the taps' shifted, strided windows summed: the fast form when the
+  output has few channels (XLA:CPU's convolution is slow for, e.g., 64 -> 3
+  and 2048 -> 19); autodiff gives matmul gradients."""
+  cin, cout = kernel.shape[2:]
+  live = _live_taps(x.shape, kernel.shape, strides, padding, dilation,
+                    out_hw)
+  if not live:  # every output reads only padding
+    return jnp.zeros(x.shape[:1] + tuple(out_hw) + (cout,), x.dtype)
+  w = jnp.stack([kernel[i, j] for i, j, _ in live], axis=1)
   # f32 sums, as XLA's convolutions accumulate bf16 inputs.
-  z = jax.lax.dot_general(x, w.reshape(cin, kh * kw * cout),
+  z = jax.lax.dot_general(x, w.reshape(cin, len(live) * cout),
                           (((3,), (0,)), ((), ())),
                           preferred_element_type=jnp.float32)
-  z = z.reshape(z.shape[:3] + (kh * kw, cout))
-  y = 0
-  for t in range(kh * kw):
-    i, j = divmod(t, kw)
-    y = y + jax.lax.slice(z, (0, i * dh, j * dw, t, 0),
-                          (n, i * dh + (ho - 1) * sh + 1,
-                           j * dw + (wo - 1) * sw + 1, t + 1, cout),
-                          (1, sh, sw, 1, 1))[:, :, :, 0]
+  z = z.reshape(z.shape[:3] + (len(live), cout))
+  y = sum(_shifted(z[:, :, :, t], off, strides, out_hw)
+          for t, (_, _, off) in enumerate(live))
   return y.astype(x.dtype)
 
 
@@ -165,11 +220,20 @@ def _out_hw(x_shape, kernel_shape, strides, padding, dilation):
 FEW_OUTPUT_CHANNELS = 4
 
 
+def _few_outputs(x_shape, kernel_shape, strides, padding, dilation, out_hw):
+  """Whether the output-taps form is the cheaper one: the matmul's output
+  (live taps x output channels) is no wider than its input."""
+  cout = kernel_shape[-1]
+  live = len(_live_taps(x_shape, kernel_shape, strides, padding, dilation,
+                        out_hw))
+  return cout <= FEW_OUTPUT_CHANNELS or live * cout <= kernel_shape[2]
+
+
 def _gemm_forward(x, kernel, strides, padding, dilation):
-  if kernel.shape[-1] <= FEW_OUTPUT_CHANNELS:
-    out_hw = _out_hw(x.shape, kernel.shape, strides, padding, dilation)
+  out_hw = _out_hw(x.shape, kernel.shape, strides, padding, dilation)
+  if _few_outputs(x.shape, kernel.shape, strides, padding, dilation, out_hw):
     return _conv_output_taps(x, kernel, strides, padding, dilation, out_hw)
-  return _conv_nhwc(x, kernel, strides, padding, dilation)
+  return _conv_nhwc_padded(x, kernel, strides, padding, dilation)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -184,14 +248,22 @@ def _conv_gemm_fwd(x, kernel, strides, padding, dilation):
 def _conv_gemm_bwd(strides, padding, dilation, res, g):
   x, kernel = res
   kh, kw, cin, cout = kernel.shape
-  if cout <= FEW_OUTPUT_CHANNELS:
-    # The im2col matrices would have kh*kw*C columns for few outputs: XLA's
-    # own gradients are the faster ones here.
-    _, vjp = jax.vjp(
-        lambda x_, k_: _conv_nhwc(x_, k_, strides, padding, dilation),
-        x, kernel)
-    return vjp(g)
   out_hw = g.shape[1:3]
+  if cout <= FEW_OUTPUT_CHANNELS:
+    # Autodiff of the output taps would gather kh*kw shifted copies of g
+    # per channel, which XLA fuses into a slow loop (1.2 s for the
+    # translators' 7x7 64->3 conv at 128x128): XLA's own gradients are the
+    # faster ones here.
+    conv = _conv_nhwc
+  elif _few_outputs(x.shape, kernel.shape, strides, padding, dilation,
+                    out_hw):
+    conv = functools.partial(_conv_output_taps, out_hw=out_hw)
+  else:
+    conv = None
+  if conv is not None:
+    _, vjp = jax.vjp(lambda x_, k_: conv(x_, k_, strides, padding, dilation),
+                     x, kernel)
+    return vjp(g)
   cols_of = lambda x_: _im2col(x_, (kh, kw), strides, padding, dilation,
                                out_hw)
   cols = cols_of(x)
@@ -220,10 +292,12 @@ def conv_general_dilated_gemm(
 
   XLA:CPU computes convolution gradients (and convolutions with few output
   channels) several times slower than the equivalent matmuls. Here a 1x1
-  convolution is a matmul (so autodiff gives matmuls); otherwise the
-  forward pass is XLA's (``_conv_output_taps`` for at most
-  ``FEW_OUTPUT_CHANNELS`` outputs), the kernel gradient is im2col(x)^T g
-  and the input gradient im2col's transpose applied to g W^T. The same
+  convolution is a matmul (so autodiff gives matmuls), and so is one with
+  few outputs (``_few_outputs``: ``_conv_output_taps``; for at most
+  ``FEW_OUTPUT_CHANNELS`` outputs with XLA's gradients). Otherwise the
+  forward pass is XLA's (padded: ``_conv_nhwc_padded``), the kernel
+  gradient is im2col(x)^T g and the input gradient im2col's transpose
+  applied to g W^T. The same
   function and gradients up to float summation order; the backward pass
   holds a ``kh*kw``-times copy of the input (a CPU option, not a memory
   one).
