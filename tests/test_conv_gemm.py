@@ -24,10 +24,15 @@ def _nhwc(impl):
     (3, 1, 12, 12, 2), (3, 1, 16, 16, 2), (3, 2, 16, 16, 2),
     (3, 1, (2, 0), 1, 2),
     # Few outputs for a wide input (live taps x outputs <= inputs).
-    (3, 1, 16, 16, 30)])
+    (3, 1, 16, 16, 30),
+    # At least TAP_MATMUL_MIN kernel entries per tap (128 x 128): the kernel
+    # gradient as one matmul per tap.
+    (3, 1, 0, 1, 128), (3, 2, 1, 1, 128), (3, 1, 2, 2, 128)])
 def test_gemm_matches_xla(kernel, stride, padding, dilation, cout):
   rng = np.random.default_rng(0)
-  cin = 5 if cout < 30 else 32
+  cin = {30: 32, 128: 128}.get(cout, 5)
+  if cout == 128:  # the per-tap kernel gradient, not im2col's
+    assert cin * cout >= layers.TAP_MATMUL_MIN
   x = jnp.asarray(rng.normal(size=(2, 13, 11, cin)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(kernel, kernel, cin, cout)), jnp.float32)
   pad = (padding if padding == "SAME" else (padding,) * 2
