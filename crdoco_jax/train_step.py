@@ -97,22 +97,9 @@ def loss_weights(config: ml_collections.ConfigDict, step) -> Dict[str, Any]:
 
 
 def all_finite(tree) -> jax.Array:
-  """True iff every leaf of ``tree`` is free of NaN and Inf (and its sum of
-  magnitudes fits in float32: a step with gradients near 1e38 counts as
-  non-finite too)."""
-  # NaN and Inf survive a sum of magnitudes: one reduction per leaf and no
-  # elementwise is-finite pass over every gradient.
+  """True iff every leaf of ``tree`` is free of NaN and Inf."""
   leaves = jax.tree_util.tree_leaves(tree)
-  return jnp.isfinite(sum(jnp.sum(jnp.abs(x), dtype=jnp.float32)
-                          for x in leaves))
-
-
-def pmean(tree, axis_name: str = AXIS):
-  """``lax.pmean`` that is free on one device (XLA:CPU keeps a no-op
-  all-reduce per gradient group otherwise)."""
-  if jax.lax.axis_size(axis_name) == 1:
-    return tree
-  return jax.lax.pmean(tree, axis_name)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
@@ -255,7 +242,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       params["translator"] = state.translator.params
     (total, (terms, cache, batch_stats)), grads = jax.value_and_grad(
         generator_objective, has_aux=True)(params, state, batch)
-    grads = pmean(grads)
+    grads = jax.lax.pmean(grads, AXIS)
     new = {}
     if "task" in grads:
       new["task"] = state.task.apply_gradients(grads=grads["task"],
@@ -273,13 +260,13 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     if d_params:
       (_, d_terms), d_grads = jax.value_and_grad(
           discriminator_objective, has_aux=True)(d_params, batch, cache)
-      d_grads = pmean(d_grads)
+      d_grads = jax.lax.pmean(d_grads, AXIS)
       for name, g in d_grads.items():
         new[name] = getattr(state, name).apply_gradients(grads=g)
 
     metrics = {f"loss_{k}": v for k, v in {**terms, **d_terms}.items()}
     metrics["loss_total"] = total
-    metrics = pmean(metrics)
+    metrics = jax.lax.pmean(metrics, AXIS)
     # Gradients are pmean-ed and metrics too, so every device agrees.
     finite = all_finite((metrics, grads, d_grads))
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
