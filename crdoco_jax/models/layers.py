@@ -311,7 +311,8 @@ def conv_general_dilated_gemm(
   few outputs (``_few_outputs``: ``_conv_output_taps``; for at most
   ``FEW_OUTPUT_CHANNELS`` outputs with XLA's gradients). Otherwise the
   forward pass is XLA's (padded: ``_conv_nhwc_padded``), the kernel
-  gradient is im2col(x)^T g and the input gradient im2col's transpose
+  gradient is im2col(x)^T g (one matmul per tap from ``TAP_MATMUL_MIN``
+  kernel entries per tap) and the input gradient im2col's transpose
   applied to g W^T. The same
   function and gradients up to float summation order; the backward pass
   holds a ``kh*kw``-times copy of the input (a CPU option, not a memory
