@@ -120,10 +120,10 @@ def _conv_nhwc(x, kernel, strides, padding, dilation):
 
 def _conv_nhwc_padded(x, kernel, strides, padding, dilation):
   """``_conv_nhwc``; an unpadded stride-1 convolution runs as a zero-padded
-  one, cropped. XLA:CPU (YNNPACK) runs unpadded convolutions up to 10x
-  slower than padded ones (a 7x7 64->3 conv on 2x134x134: 121 ms vs 10 ms,
-  benchmarks/micro_convs.py); the crop removes exactly the outputs that
-  read the zeros."""
+  one, cropped. XLA:CPU (YNNPACK) runs unpadded convolutions up to 24x
+  slower than padded ones (a 7x7 64->3 conv on 2x134x134: 100 ms vs 4.2
+  ms, benchmarks/micro_convs.py); the crop removes exactly the outputs
+  that read the zeros."""
   kh, kw = kernel.shape[:2]
   ho, wo = _out_hw(x.shape, kernel.shape, strides, padding, dilation)
   # Only where the crop keeps at least half of the padded outputs (not,
