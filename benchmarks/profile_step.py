@@ -11,7 +11,8 @@ matched to its HLO instruction and sorted into a category: convolution
 forward, input gradient and weight gradient (by the instruction's metadata
 and output layout), dot, reduction, other fusions, copies/transposes,
 collectives, control flow. Prints per-category and top-op tables (ms per
-step) and, with ``--json``, one JSON line.
+step) and, with ``--json``, one JSON line; ``--ops-json F`` writes every op's
+ms per step to F.
 """
 import collections
 import glob
@@ -105,6 +106,11 @@ def main(argv=None):
   as_json = "--json" in argv
   if as_json:
     argv.remove("--json")
+  ops_json = None
+  if "--ops-json" in argv:  # every op's ms per step, for ad-hoc grouping
+    i = argv.index("--ops-json")
+    ops_json = argv[i + 1]
+    del argv[i:i + 2]
   args = step_time.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -136,6 +142,9 @@ def main(argv=None):
   print("top ops:", file=sys.stderr)
   for name, ms in per_op.most_common(15):
     print(f"  {name:40s} {kinds[name]:20s} {ms:8.1f} ms", file=sys.stderr)
+  if ops_json:
+    with open(ops_json, "w") as f:
+      json.dump({n: (kinds[n], ms) for n, ms in per_op.most_common()}, f)
   if args.dump_hlo:  # names there match the ones here
     with open(args.dump_hlo, "w") as f:
       f.write(compiled.as_text())

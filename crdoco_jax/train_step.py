@@ -243,13 +243,6 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     (total, (terms, cache, batch_stats)), grads = jax.value_and_grad(
         generator_objective, has_aux=True)(params, state, batch)
     grads = jax.lax.pmean(grads, AXIS)
-    new = {}
-    if "task" in grads:
-      new["task"] = state.task.apply_gradients(grads=grads["task"],
-                                               batch_stats=batch_stats)
-    if "translator" in grads:
-      new["translator"] = state.translator.apply_gradients(
-          grads=grads["translator"])
 
     d_params = {}
     if train_translator:
@@ -261,8 +254,6 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       (_, d_terms), d_grads = jax.value_and_grad(
           discriminator_objective, has_aux=True)(d_params, batch, cache)
       d_grads = jax.lax.pmean(d_grads, AXIS)
-      for name, g in d_grads.items():
-        new[name] = getattr(state, name).apply_gradients(grads=g)
 
     metrics = {f"loss_{k}": v for k, v in {**terms, **d_terms}.items()}
     metrics["loss_total"] = total
@@ -276,8 +267,18 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     # per-leaf finiteness checks into every consumer, one copy per state leaf
     # (about 180,000 HLO instructions and minutes of XLA:CPU compile time at
     # the demo sizes), but never into a conditional's predicate.
-    updated = state.replace(**new)
-    state = jax.lax.cond(finite, lambda: updated, lambda: state)
+    # The updates run inside the taken branch, so they write the state's
+    # new buffers directly; computed outside, every leaf of the state (and
+    # its optimizer state) was copied once more into the conditional's
+    # result.
+    def update():
+      new = {name: getattr(state, name).apply_gradients(grads=g)
+             for name, g in {**grads, **d_grads}.items() if name != "task"}
+      if "task" in grads:
+        new["task"] = state.task.apply_gradients(grads=grads["task"],
+                                                 batch_stats=batch_stats)
+      return state.replace(**new)
+    state = jax.lax.cond(finite, update, lambda: state)
     return state.replace(
         step=state.step + 1,
         nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32)
