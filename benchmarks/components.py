@@ -38,9 +38,9 @@ def median_ms(fn, repeats=15, warmup=2):
 def jax_ms(module, x, domain, train=False):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  kwargs = {"train": True, "mutable": ["batch_stats"]} if train else {}
-  variables = module.init(jax.random.PRNGKey(0), x, domain,
-                          **({"train": True} if train else {}))
+  train_kw = {"train": True} if train else {}
+  variables = module.init(jax.random.PRNGKey(0), x, domain, **train_kw)
+  kwargs = {**train_kw, "mutable": ["batch_stats"]} if train else {}
   rest = {k: v for k, v in variables.items() if k != "params"}
 
   def loss(params, x):

@@ -271,13 +271,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     # new buffers directly; computed outside, every leaf of the state (and
     # its optimizer state) was copied once more into the conditional's
     # result.
+    extra = {"task": dict(batch_stats=batch_stats)}
     def update():
-      new = {name: getattr(state, name).apply_gradients(grads=g)
-             for name, g in {**grads, **d_grads}.items() if name != "task"}
-      if "task" in grads:
-        new["task"] = state.task.apply_gradients(grads=grads["task"],
-                                                 batch_stats=batch_stats)
-      return state.replace(**new)
+      return state.replace(**{
+          name: getattr(state, name).apply_gradients(grads=g,
+                                                     **extra.get(name, {}))
+          for name, g in {**grads, **d_grads}.items()})
     state = jax.lax.cond(finite, update, lambda: state)
     return state.replace(
         step=state.step + 1,
