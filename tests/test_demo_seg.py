@@ -77,7 +77,8 @@ def test_bad_split_raises():
     demo_seg.make_example("source", "test", 0)
 
 
-def test_domains_share_layouts_but_not_appearance(samples):
+@pytest.mark.parametrize("real", ["target", "fog"])
+def test_domains_share_layouts_but_not_appearance(samples, real):
   c = demo_seg.NUM_CLASSES
 
   def stats(examples):
@@ -88,7 +89,7 @@ def test_domains_share_layouts_but_not_appearance(samples):
     return freq, means
 
   freq_s, mean_s = stats(samples["source"])
-  freq_t, mean_t = stats(samples["target"])
+  freq_t, mean_t = stats(samples[real])
   # Same layout sampler: every class occurs, at similar rates in both.
   assert np.all(freq_s > 0.003) and np.all(freq_t > 0.003)
   assert np.abs(freq_s - freq_t).sum() < 0.1
@@ -104,13 +105,26 @@ def test_domains_share_layouts_but_not_appearance(samples):
   assert pair[~np.eye(c, dtype=bool)].min() > 15
 
 
-def test_target_is_textured_and_noisy(samples):
-  # Within-class pixel spread: ~0 for flat source, large for target.
+def test_real_domains_are_textured_and_noisy(samples):
+  # Within-class pixel spread: ~0 for flat source, large for the others.
   def spread(examples):
     return np.mean([e["image"][e["label"] == demo_seg.ROAD].std(0).mean()
                     for e in examples if np.any(e["label"] == demo_seg.ROAD)])
   assert spread(samples["source"][:20]) < 1.0
   assert spread(samples["target"][:20]) > 8.0
+  assert spread(samples["fog"][:20]) > 8.0
+
+
+def test_fog_fades_with_distance(samples):
+  # Haze: contrast between classes is lower at the top of the frame (far)
+  # than at the bottom (near) in fog, not in the textured target.
+  def far_near_contrast(examples):
+    images = np.stack([e["image"] for e in examples]).astype(np.float32)
+    return images[:, :16].std(), images[:, -16:].std()
+  far, near = far_near_contrast(samples["fog"])
+  assert far < 0.8 * near, (far, near)
+  far, near = far_near_contrast(samples["target"])
+  assert far > 0.8 * near, (far, near)
 
 
 def test_second_import_keeps_registration():

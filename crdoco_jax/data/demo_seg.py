@@ -1,6 +1,6 @@
-"""Embedded synthetic segmentation domain pair: flat "game" vs textured "real".
+"""Embedded synthetic segmentation domains: flat "game", textured "real", fog.
 
-Both domains draw street-like layouts from the same sampler (horizon, road in
+All domains draw street-like layouts from the same sampler (horizon, road in
 perspective, sidewalks, buildings, trees, cars, people, poles with occlusion)
 and differ only in appearance, so shape cues transfer and colour cues do not:
 
@@ -8,12 +8,16 @@ and differ only in appearance, so shape cues transfer and colour cues do not:
   per-instance jitter, no noise.
 * ``target`` ("real"): a remapped palette, per-class procedural textures,
   a lighting gradient, random brightness/contrast/colour cast, blur and noise.
+* ``fog`` ("real" at foggy dusk): a third palette, softer textures, haze
+  that thickens towards the top of the frame (farther away), a dim blue
+  dusk light, blur and stronger noise. ``source -> fog`` is a second pair in
+  the paper's synthetic -> real direction (README, "Evidence").
 
 Everything is pure numpy and deterministic: ``make_example`` derives its RNG
 from ``(seed, domain, split, index)``. Images are ``uint8 [H, W, 3]``, labels
 ``uint8 [H, W]`` class ids in ``[0, NUM_CLASSES)`` with every pixel labelled
 (``IGNORE_LABEL`` never occurs). Importing the module also registers the tfds
-builder ``crdoco_demo_seg`` with configs ``source`` and ``target``::
+builder ``crdoco_demo_seg`` with configs ``source``, ``target`` and ``fog``::
 
   builder = demo_seg.build("target", data_dir)
   val = builder.as_data_source(split="val")  # val[i]["id"] == b"val_%05d" % i
@@ -34,7 +38,7 @@ NUM_CLASSES: int = len(CLASS_NAMES)
  POLE) = range(NUM_CLASSES)
 IGNORE_LABEL = 255
 IMAGE_SIZE = 64
-DOMAINS = ("source", "target")
+DOMAINS = ("source", "target", "fog")
 SPLITS = ("train", "val")
 # Examples per split and domain. The builder reads this at generation time, so
 # tests may monkeypatch it smaller.
@@ -52,8 +56,16 @@ TARGET_PALETTE = np.array(
     [(225, 215, 200), (140, 120, 95), (90, 100, 120), (120, 135, 150),
      (50, 85, 70), (150, 30, 40), (170, 120, 30), (40, 40, 45)],
     np.float32)
-_SOURCE_JITTER = 8.0  # Per-instance colour std, source.
-_TARGET_JITTER = 12.0  # Per-instance colour std, target.
+# Foggy dusk colours before the haze and the light; again most classes sit
+# nearest to a different source class.
+FOG_PALETTE = np.array(
+    [(200, 200, 210), (60, 55, 60), (150, 150, 140), (95, 60, 115),
+     (40, 95, 105), (235, 205, 60), (60, 150, 60), (205, 90, 60)],
+    np.float32)
+PALETTES = {"source": SOURCE_PALETTE, "target": TARGET_PALETTE,
+            "fog": FOG_PALETTE}
+# Per-instance colour std.
+JITTERS = {"source": 8.0, "target": 12.0, "fog": 12.0}
 
 
 def _check(value: str, allowed: Tuple[str, ...], what: str) -> None:
@@ -276,7 +288,8 @@ def render(label: np.ndarray, domain: str, rng: np.random.Generator,
 
   Args:
     label: ``uint8 [H, W]`` class ids (square, H == W).
-    domain: ``"source"`` (flat colours) or ``"target"`` (textured "real").
+    domain: ``"source"`` (flat colours), ``"target"`` (textured "real") or
+      ``"fog"`` (textured, hazy, dim).
     rng: numpy generator (consumed).
     instances: optional ``int [H, W]`` instance ids for per-object colour
       jitter; without it the jitter is per class.
@@ -289,28 +302,53 @@ def render(label: np.ndarray, domain: str, rng: np.random.Generator,
   if instances is None:
     instances = label
   instances = instances.astype(np.int64)
-  source = domain == "source"
-  palette = SOURCE_PALETTE if source else TARGET_PALETTE
-  jitter = rng.normal(0.0, _SOURCE_JITTER if source else _TARGET_JITTER,
+  jitter = rng.normal(0.0, JITTERS[domain],
                       (instances.max() + 1, 3)).astype(np.float32)
-  image = palette[label] + jitter[instances]
-  if not source:
-    size = label.shape[0]
-    ys, xs = _grid(size)
+  image = PALETTES[domain][label] + jitter[instances]
+  if domain == "target":
     image += _target_texture(label, rng)[..., None]
-    # Light from a random direction: a linear gain ramp across the image.
-    angle = rng.uniform(0.0, 2 * np.pi)
-    ramp = (np.cos(angle) * (xs / size - 0.5)
-            + np.sin(angle) * (ys / size - 0.5))
-    image *= (1.0 + 2.0 * rng.uniform(0.15, 0.35) * ramp)[..., None]
-    # Camera: contrast around the mean, brightness, colour cast, optics blur
-    # and sensor noise (after the blur, as in a real pipeline).
-    mean = image.mean()
-    image = ((image - mean) * rng.uniform(0.75, 1.25) + mean
-             + rng.uniform(-20.0, 20.0) + rng.uniform(-10.0, 10.0, 3))
-    image = _blur3(image)
-    image += rng.normal(0.0, rng.uniform(2.0, 6.0), image.shape)
+    image *= _light(label.shape[0], rng)
+    image = _camera(image, rng, noise=(2.0, 6.0))
+  elif domain == "fog":
+    image += 0.6 * _target_texture(label, rng)[..., None]
+    image = _camera(_dusk(_haze(image, rng), rng), rng, noise=(4.0, 8.0))
   return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _light(size: int, rng: np.random.Generator) -> np.ndarray:
+  """Light from a random direction: a linear gain ramp ``[size, size, 1]``."""
+  ys, xs = _grid(size)
+  angle = rng.uniform(0.0, 2 * np.pi)
+  ramp = (np.cos(angle) * (xs / size - 0.5)
+          + np.sin(angle) * (ys / size - 0.5))
+  return (1.0 + 2.0 * rng.uniform(0.15, 0.35) * ramp)[..., None]
+
+
+def _haze(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Fog: blends towards a grey fog colour by a transmission that falls with
+  distance, here the height in the frame (the top row is farthest)."""
+  ys, _ = _grid(image.shape[0])
+  distance = 1.0 - ys / image.shape[0]
+  transmission = np.exp(-rng.uniform(0.7, 1.6) * distance)[..., None]
+  fog = rng.uniform(140.0, 175.0) + rng.uniform(-8.0, 8.0, 3)
+  return image * transmission + fog * (1.0 - transmission)
+
+
+def _dusk(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Dim, blue dusk light."""
+  return image * rng.uniform(0.7, 0.9) * np.array([0.85, 0.92, 1.1],
+                                                    np.float32)
+
+
+def _camera(image: np.ndarray, rng: np.random.Generator,
+            noise: Tuple[float, float]) -> np.ndarray:
+  """Contrast around the mean, brightness, colour cast, optics blur and
+  sensor noise (after the blur, as in a real pipeline) of std in ``noise``."""
+  mean = image.mean()
+  image = ((image - mean) * rng.uniform(0.75, 1.25) + mean
+           + rng.uniform(-20.0, 20.0) + rng.uniform(-10.0, 10.0, 3))
+  image = _blur3(image)
+  return image + rng.normal(0.0, rng.uniform(*noise), image.shape)
 
 
 def make_example(domain: str, split: str, index: int, seed: int = 0,
@@ -359,7 +397,8 @@ def build_demo(builder_cls, domain: str, data_dir: str,
   """Generates ``domain`` of a demo builder under ``data_dir`` if needed;
   returns the builder. The default ``array_record`` format supports random
   access through ``builder.as_data_source()`` / ``tfds.data_source``."""
-  _check(domain, DOMAINS, "domain")
+  configs = tuple(config.name for config in builder_cls.BUILDER_CONFIGS)
+  _check(domain, configs, "domain")
   builder = builder_cls(config=domain, data_dir=data_dir)
   builder.download_and_prepare(file_format=file_format)
   return builder
@@ -386,7 +425,7 @@ _REGISTERED = DATASET_NAME in tfds.list_builders(
 
 class CrdocoDemoSeg(DemoGenerator, tfds.core.GeneratorBasedBuilder,
                     skip_registration=_REGISTERED):
-  """Synthetic street scenes, 64x64, in a flat and a textured domain."""
+  """Synthetic street scenes, 64x64: flat, textured, and textured in fog."""
 
   _make_example = staticmethod(_record)
   _split_sizes = SPLIT_SIZES
@@ -399,6 +438,8 @@ class CrdocoDemoSeg(DemoGenerator, tfds.core.GeneratorBasedBuilder,
                           description="Flat-shaded 'game engine' domain."),
       CrdocoDemoSegConfig(name="target", domain="target",
                           description="Textured, noisy 'real' domain."),
+      CrdocoDemoSegConfig(name="fog", domain="fog",
+                          description="'Real' domain at foggy dusk."),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
