@@ -136,26 +136,27 @@ def test_second_import_keeps_registration():
   assert tfds.builder_cls(demo_seg.DATASET_NAME) is demo_seg.CrdocoDemoSeg
 
 
-def test_tfds_builder_roundtrip(tmp_path, monkeypatch):
+@pytest.mark.parametrize("domain", ["target", "fog"])
+def test_tfds_builder_roundtrip(tmp_path, monkeypatch, domain):
   # In place: the builder class holds this dict.
   monkeypatch.setitem(demo_seg.SPLIT_SIZES, "train", 8)
   monkeypatch.setitem(demo_seg.SPLIT_SIZES, "val", 4)
   assert demo_seg.DATASET_NAME in tfds.list_builders(
       with_community_datasets=False)
-  builder = demo_seg.build("target", str(tmp_path))
+  builder = demo_seg.build(domain, str(tmp_path))
   assert builder.info.splits["train"].num_examples == 8
   assert builder.info.splits["val"].num_examples == 4
   # Random access by registered name, as a training pipeline would read it.
-  val = tfds.data_source(f"{demo_seg.DATASET_NAME}/target", split="val",
+  val = tfds.data_source(f"{demo_seg.DATASET_NAME}/{domain}", split="val",
                          data_dir=str(tmp_path), download=False)
   assert len(val) == 4
   for index in (0, 3):
     record = val[index]
-    expected = demo_seg.make_example("target", "val", index)
+    expected = demo_seg.make_example(domain, "val", index)
     assert record["id"] == f"val_{index:05d}".encode()
     np.testing.assert_array_equal(record["image"], expected["image"])
     np.testing.assert_array_equal(record["label"][..., 0], expected["label"])
   train = builder.as_data_source(split="train")
   np.testing.assert_array_equal(
       train[7]["label"][..., 0],
-      demo_seg.make_example("target", "train", 7)["label"])
+      demo_seg.make_example(domain, "train", 7)["label"])

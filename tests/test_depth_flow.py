@@ -320,3 +320,11 @@ def test_summary_image_draws_depth_and_flow(module):
   assert grid.dtype == np.uint8 and grid.shape[-1] == 3
   # Rows: source, target per example; no target label: a black tile.
   assert grid.shape[0] > 4 * 8 and grid.shape[1] > 4 * 8
+
+
+@pytest.mark.parametrize("module", [demo_depth, demo_flow])
+def test_demo_build_names_its_own_domains(module, tmp_path):
+  # 'fog' is a segmentation-only domain: the depth and flow builders refuse
+  # it by name, listing the domains they have.
+  with pytest.raises(ValueError, match=r"'fog'.*\('source', 'target'\)"):
+    module.build("fog", str(tmp_path))
