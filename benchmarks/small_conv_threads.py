@@ -5,8 +5,10 @@ process may use. README "Speed" compares one core with two:
   taskset -c 0 python benchmarks/small_conv_threads.py
   python benchmarks/small_conv_threads.py
 
-Prints one JSON line per framework and batch: median ms over 300 calls.
+Prints one JSON line per framework and batch: median ms over 300 calls
+(``--calls N``); PyTorch's lines only where torch is installed.
 """
+import argparse
 import json
 import os
 import time
@@ -16,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def median_ms(fn, n=300):
-  for _ in range(20):
+def median_ms(fn, n):
+  for _ in range(min(n, 20)):
     fn()
   times = []
   for _ in range(n):
@@ -28,13 +30,16 @@ def median_ms(fn, n=300):
 
 
 def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--calls", type=int, default=300)
+  calls = parser.parse_args().calls
   cores = len(os.sched_getaffinity(0))
   conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
       x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
   w = jnp.full((3, 3, 128, 128), 0.01, jnp.float32)
   for batch in (1, 2):
     x = jnp.ones((batch, 16, 16, 128), jnp.float32)
-    ms = median_ms(lambda: conv(x, w).block_until_ready())  # pylint: disable=cell-var-from-loop
+    ms = median_ms(lambda x=x: conv(x, w).block_until_ready(), calls)
     print(json.dumps(dict(framework="jax", cores=cores, batch=batch, ms=ms)))
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -45,7 +50,7 @@ def main():
   for batch in (1, 2):
     x = torch.ones(batch, 128, 16, 16)
     with torch.no_grad():
-      ms = median_ms(lambda: layer(x))  # pylint: disable=cell-var-from-loop
+      ms = median_ms(lambda x=x: layer(x), calls)
     print(json.dumps(dict(framework="torch", cores=cores, batch=batch,
                           ms=ms)))
 

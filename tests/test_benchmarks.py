@@ -48,3 +48,14 @@ def test_input_pipeline_benchmark_prints_json(tmp_path):
   for l in lines[1:]:
     assert l["pairs_per_s"] > 0 and l["source_size"] == [45, 80]
     assert l["random_scale"] == [0.5, 1.5]
+
+
+def test_small_conv_threads_prints_json():
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks",
+                                    "small_conv_threads.py"), "--calls", "3"],
+      capture_output=True, text=True, check=True, timeout=300, cwd=ROOT)
+  lines = [json.loads(l) for l in out.stdout.splitlines()
+           if l.startswith("{")]
+  assert [l["batch"] for l in lines if l["framework"] == "jax"] == [1, 2]
+  assert all(l["ms"] > 0 and l["cores"] >= 1 for l in lines)
