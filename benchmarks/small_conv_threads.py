@@ -11,22 +11,11 @@ Prints one JSON line per framework and batch: median ms over 300 calls
 import argparse
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-
-def median_ms(fn, n):
-  for _ in range(min(n, 20)):
-    fn()
-  times = []
-  for _ in range(n):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return 1e3 * float(np.median(times))
+from components import median_ms  # benchmarks/ is sys.path[0] when run as a script
 
 
 def main():
@@ -39,7 +28,7 @@ def main():
   w = jnp.full((3, 3, 128, 128), 0.01, jnp.float32)
   for batch in (1, 2):
     x = jnp.ones((batch, 16, 16, 128), jnp.float32)
-    ms = median_ms(lambda x=x: conv(x, w).block_until_ready(), calls)
+    ms = median_ms(lambda x=x: conv(x, w).block_until_ready(), calls, 20)
     print(json.dumps(dict(framework="jax", cores=cores, batch=batch, ms=ms)))
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -50,7 +39,7 @@ def main():
   for batch in (1, 2):
     x = torch.ones(batch, 128, 16, 16)
     with torch.no_grad():
-      ms = median_ms(lambda x=x: layer(x), calls)
+      ms = median_ms(lambda x=x: layer(x), calls, 20)
     print(json.dumps(dict(framework="torch", cores=cores, batch=batch,
                           ms=ms)))
 
