@@ -15,7 +15,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from components import median_ms  # benchmarks/ is sys.path[0] when run as a script
+from components import median_ms  # beside this script (sys.path[0])
 
 
 def main():
