@@ -94,6 +94,9 @@ def parse_args(argv=None):
   p.add_argument("--conv", default="xla", choices=["xla", "gemm"],
                  help="compute.conv: 'gemm' computes every convolution's "
                  "gradients as matmuls")
+  p.add_argument("--batch-passes", action="store_true",
+                 help="compute.batch_passes: one pass per network over the "
+                 "inputs it sees together")
   p.add_argument("--devices", type=int, default=1,
                  help="local devices to pmap over")
   p.add_argument("--steps", type=int, default=5)
@@ -145,6 +148,7 @@ def make_config(args):
   c.compute.dtype = args.dtype
   c.compute.conv = args.conv
   c.compute.remat_networks = args.remat_networks
+  c.compute.batch_passes = args.batch_passes
   return c
 
 
@@ -232,6 +236,7 @@ def run_jax(args, return_compiled=False):
       share_encoder=args.share_encoder,
       share_last=args.share_last, frozen_translator=args.frozen_translator,
       subpixel=args.subpixel, conv=args.conv,
+      batch_passes=args.batch_passes,
       params=counts, params_total=sum(counts.values()),
       lower_s=lower_s, compile_s=compile_s, flops_per_step=flops,
       peak_bytes_compiled=peak_compiled, memory_analysis=mem_sizes)

@@ -173,6 +173,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # conv_general_dilated_gemm; same maths to float tolerance), faster
       # on XLA:CPU, more backward-pass memory; 'xla': XLA's convolutions.
       conv="xla",
+      # One pass per network over the two inputs it sees in a round (F_S:
+      # I_S, I_{T->S}; F_T: I_{S->T}, I_T, each half with its own BatchNorm
+      # statistics; G_T->S: I_T, I_{S->T}; each D: real, fake) instead of
+      # one pass per input: the same maths, fewer and larger convolutions,
+      # floats equal to rounding. Off: the recorded tables' code path.
+      batch_passes=False,
   ))
   # Networks initialised from converted PyTorch weights when a run starts
   # (python -m crdoco_jax.convert; README "Pretrained weights"); '' keeps

@@ -46,18 +46,45 @@ class _TaskNets:
   successive calls (each input keeps its own batch statistics, as separate
   PyTorch forward passes do)."""
 
-  def __init__(self, nets: Networks, params, batch_stats, remat=False):
-    self._apply = _checkpointed(
-        lambda variables, x, domain: nets.task.apply(
+  def __init__(self, nets: Networks, params, batch_stats, remat=False,
+               batched=False):
+    make = lambda module: _checkpointed(
+        lambda variables, x, domain: module.apply(
             variables, x, domain, train=True, mutable=["batch_stats"]),
         remat)
+    self._apply = make(nets.task)
+    # Two stacked inputs, each with its own BatchNorm statistics.
+    self._apply_two = make(nets.task.clone(bn_groups=2)) if batched else None
     self.params, self.batch_stats = params, batch_stats
 
-  def __call__(self, x, domain):
-    out, mutated = self._apply(
+  def _run(self, apply, x, domain):
+    out, mutated = apply(
         {"params": self.params, "batch_stats": self.batch_stats}, x, domain)
     self.batch_stats = mutated["batch_stats"]
     return out
+
+  def __call__(self, x, domain):
+    return self._run(self._apply, x, domain)
+
+  def two(self, a, b, domain):
+    """``(F(a), F(b))``: as two calls, in one pass when batched."""
+    if self._apply_two is None:
+      return self(a, domain), self(b, domain)
+    return _stacked(lambda x: self._run(self._apply_two, x, domain), a, b)
+
+
+def _stacked(fn: Callable, a: jax.Array, b: jax.Array):
+  """``(fn(a), fn(b))`` from one call of ``fn`` on ``a`` and ``b`` stacked on
+  the batch axis: for networks that treat the samples of a batch
+  independently (or, as ``_TaskNets.two``, normalise each half alone)."""
+  if a.shape != b.shape:
+    raise ValueError(f"stacked passes need equal shapes, got {a.shape} and "
+                     f"{b.shape} (compute.batch_passes needs equal source "
+                     "and target batches and image sizes).")
+  out = fn(jnp.concatenate([a, b]))
+  n = a.shape[0]
+  return (jax.tree_util.tree_map(lambda y: y[:n], out),
+          jax.tree_util.tree_map(lambda y: y[n:], out))
 
 
 def _checkpointed(apply: Callable, remat: bool) -> Callable:
@@ -130,13 +157,19 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   apply_g = _checkpointed(nets.translator.apply, remat)
   apply_d_img = _checkpointed(nets.d_img.apply, remat)
   apply_d_feat = _checkpointed(nets.d_feat.apply, remat)
+  # One pass per network over the inputs it sees in the same round (fewer,
+  # larger convolutions); else one pass per input. Same maths.
+  batched = config.compute.get("batch_passes", False)
+  two = (lambda fn, a, b: _stacked(fn, a, b)) if batched else (
+      lambda fn, a, b: (fn(a), fn(b)))
 
   def generator_terms(params, state: CrDoCoState, batch: Batch):
     """Generator-side loss terms and what the discriminator update reuses."""
     x_s, y_s, x_t = (batch["source_image"], task.labels(batch, "source"),
                      batch["target_image"])
     terms, cache = {}, {}
-    F = _TaskNets(nets, params.get("task"), state.task.batch_stats, remat)
+    F = _TaskNets(nets, params.get("task"), state.task.batch_stats, remat,
+                  batched)
     if method == "source_only":
       terms["task"] = _per_head(task.supervised, heads, w.aux.task,
                                 F(x_s, "T"), {h: y_s for h in heads})
@@ -150,7 +183,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     g_params = params.get("translator", state.translator.params)
     G = lambda x, direction: tasks.from_frames(apply_g(
         {"params": g_params}, frames(x), direction), task.frames)
-    x_st, x_ts = G(x_s, "S2T"), G(x_t, "T2S")
+    x_st = G(x_s, "S2T")
+    if batched and train_translator:
+      # G_T->S sees I_T and, for the cycle, I_{S->T}: one pass.
+      x_ts, x_sts = _stacked(lambda x: G(x, "T2S"), x_t, x_st)
+    else:
+      x_ts, x_sts = G(x_t, "T2S"), None
     cache.update(x_st=jax.lax.stop_gradient(x_st),
                  x_ts=jax.lax.stop_gradient(x_ts))
     # What the task nets see; without task gradients the translators learn
@@ -162,7 +200,9 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
           {"params": state.d_img.params}, x, domain)
       terms["img_adv"] = (img_adv(D_img(frames(x_st), "T"))
                           + img_adv(D_img(frames(x_ts), "S")))
-      terms["rec"] = (losses.cycle_loss(x_s, G(x_st, "T2S"))
+      if x_sts is None:
+        x_sts = G(x_st, "T2S")
+      terms["rec"] = (losses.cycle_loss(x_s, x_sts)
                       + losses.cycle_loss(x_t, G(x_ts, "S2T")))
       if w.identity > 0:
         terms["identity"] = (losses.identity_loss(x_t, G(x_t, "S2T"))
@@ -170,8 +210,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     if not adapt:
       return terms, cache, F.batch_stats
 
-    out_s, out_ts = F(x_s, "S"), F(f_ts, "S")
-    out_st, out_t = F(f_st, "T"), F(x_t, "T")
+    out_s, out_ts = F.two(x_s, f_ts, "S")
+    out_st, out_t = F.two(f_st, x_t, "T")
     labels = {h: y_s for h in heads}
     terms["task"] = (
         _per_head(task.supervised, heads, w.aux.task, out_s, labels)
@@ -218,17 +258,18 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       disc = functools.partial(losses.discriminator_loss, gan_loss=w.img_gan)
       real_t = frames(batch["target_image"])
       real_s = frames(batch["source_image"])
-      terms["d_img"] = (disc(D(real_t, "T"), D(frames(cache["x_st"]), "T"))
-                        + disc(D(real_s, "S"), D(frames(cache["x_ts"]), "S")))
+      terms["d_img"] = (
+          disc(*two(lambda x: D(x, "T"), real_t, frames(cache["x_st"])))
+          + disc(*two(lambda x: D(x, "S"), real_s, frames(cache["x_ts"]))))
     if "probs" in cache:
       p = cache["probs"]
       disc = functools.partial(losses.discriminator_loss, gan_loss=w.feat_gan)
       D = lambda h, x, domain: apply_d_feat(
           {"params": d_params["d_feat"][h]}, x, domain)
       terms["d_feat"] = sum(
-          disc(D(h, p["s"][h], "S"), D(h, p["ts"][h], "S"), real_target=SOURCE,
-               fake_target=TARGET)
-          + disc(D(h, p["t"][h], "T"), D(h, p["st"][h], "T"),
+          disc(*two(lambda x: D(h, x, "S"), p["s"][h], p["ts"][h]),
+               real_target=SOURCE, fake_target=TARGET)
+          + disc(*two(lambda x: D(h, x, "T"), p["t"][h], p["st"][h]),
                  real_target=TARGET, fake_target=SOURCE)
           for h in heads)
     return sum(terms.values()), terms

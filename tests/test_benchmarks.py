@@ -19,8 +19,9 @@ def _run(*flags):
 
 
 def test_step_time_runs_and_prints_json():
-  r = _run("--steps", "1", "--warmup", "0")
+  r = _run("--steps", "1", "--warmup", "0", "--batch-passes")
   assert r["median_step_s"] > 0 and len(r["step_seconds"]) == 1
+  assert r["batch_passes"]
   assert r["peak_bytes_compiled"] > 0 and r["params_total"] > 0
   assert r["source_size"] == r["target_size"] == [32, 32]
 

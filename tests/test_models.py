@@ -1,5 +1,6 @@
 """Networks: shapes, dtypes, parameter counts, BN behaviour and sharing."""
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -231,3 +232,59 @@ def test_bad_arch_and_share_last_errors():
     TaskNetPair("resnet7").init(KEY, x)
   with pytest.raises(ValueError, match="share_last"):
     TaskNetPair("resnet18", share_last=9).init(KEY, x)
+
+
+@pytest.mark.parametrize("axis_name", [None, "batch"])
+def test_grouped_batch_norm_equals_successive_calls(axis_name):
+  # layers.BatchNorm(groups=2) on [a; b] = nn.BatchNorm on a, then on b:
+  # outputs, running statistics (averaged in a first) and gradients.
+  n = jax.local_device_count()
+  kwargs = dict(momentum=0.9, epsilon=1e-5, axis_name=axis_name)
+  plain, grouped = nn.BatchNorm(**kwargs), layers.BatchNorm(2, **kwargs)
+  keys = jax.random.split(KEY, 4)
+  a = 3.0 * jax.random.normal(keys[0], (n, 2, 5, 5, 4)) + 1.0
+  b = jax.random.normal(keys[1], (n, 2, 5, 5, 4)) - 2.0
+  variables = {"params": {"scale": 1 + jax.random.normal(keys[2], (4,)),
+                          "bias": jax.random.normal(keys[3], (4,))},
+               "batch_stats": {"mean": jnp.zeros(4), "var": jnp.ones(4)}}
+
+  def two_calls(params, a, b):
+    v = dict(variables, params=params)
+    ya, m = plain.apply(v, a, False, mutable=["batch_stats"])
+    yb, m = plain.apply(dict(v, **m), b, False, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(ya)) + jnp.sum(jnp.cos(yb)), (ya, yb, m)
+
+  def one_call(params, a, b):
+    y, m = grouped.apply(dict(variables, params=params),
+                         jnp.concatenate([a, b]), False,
+                         mutable=["batch_stats"])
+    ya, yb = y[:a.shape[0]], y[a.shape[0]:]
+    return jnp.sum(jnp.sin(ya)) + jnp.sum(jnp.cos(yb)), (ya, yb, m)
+
+  results = []
+  for fn in (two_calls, one_call):
+    f = jax.value_and_grad(fn, has_aux=True)
+    f = jax.pmap(f, axis_name="batch", in_axes=(None, 0, 0)) if axis_name \
+        else jax.vmap(f, in_axes=(None, 0, 0))
+    results.append(f(variables["params"], a, b))
+  for x, y in zip(*(jax.tree.leaves(r) for r in results)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_task_net_pass_equals_two_passes():
+  model = small_task_pair(multi_level=True)
+  x = jax.random.normal(KEY, (4, 32, 32, 3))
+  variables = jax.jit(model.init)(KEY, x[:2])
+  run = lambda m, v, x: m.apply(v, x, "T", train=True,
+                                mutable=["batch_stats"])
+  out_a, new = run(model, variables, x[:2])
+  out_b, new = run(model, dict(variables, **new), x[2:])
+  out, new_grouped = run(model.clone(bn_groups=2), variables, x)
+  for h in out:
+    np.testing.assert_allclose(out[h][:2], out_a[h], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[h][2:], out_b[h], rtol=1e-4, atol=1e-5)
+  assert (jax.tree.structure(new_grouped) == jax.tree.structure(new))
+  for p, q in zip(jax.tree.leaves(new), jax.tree.leaves(new_grouped)):
+    np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="divisible by 2"):
+    run(model.clone(bn_groups=2), variables, x[:3])

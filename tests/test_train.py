@@ -159,27 +159,52 @@ def test_remat_options_leave_the_step_unchanged(tiny_config):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_gemm_convolutions_give_the_same_losses(tiny_config):
-  """compute.conv='gemm' through every network of the step: the same loss
-  terms. (Its gradients are checked network by network in
-  test_conv_gemm.py; after one Adam step, float noise in a near-zero
-  gradient moves a parameter by up to the learning rate either way.)"""
+@pytest.mark.parametrize("option,value,phase", [
+    ("conv", "gemm", "adapt"),
+    ("batch_passes", True, "adapt"),
+    ("batch_passes", True, "translator"),
+])
+def test_compute_options_give_the_same_step(tiny_config, option, value,
+                                            phase):
+  """compute.conv='gemm' (every network) and compute.batch_passes (stacked
+  passes, per-half BatchNorm statistics): the same loss terms and BatchNorm
+  running statistics. (Gradients are checked network by network in
+  test_conv_gemm.py and test_models.py; after one Adam step, float noise in
+  a near-zero gradient moves a parameter by up to the learning rate either
+  way.)"""
   host_state = state_lib.create_train_state(
       tiny_config, models.build_networks(tiny_config), jax.random.PRNGKey(0))
   batch = parallel.shard(input_pipeline.TrainBatches(tiny_config).batch(0))
-  gemm = seg.get_config("tiny")
-  gemm.data.tfds_data_dir = tiny_config.data.tfds_data_dir
-  gemm.compute.conv = "gemm"
-  metrics = []
-  for config in (tiny_config, gemm):
+  other = seg.get_config("tiny")
+  other.data.tfds_data_dir = tiny_config.data.tfds_data_dir
+  other.compute[option] = value
+  states, metrics, convs = [], [], []
+  for config in (tiny_config, other):
     nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
-    p_step = jax.pmap(step_lib.make_train_step(config, nets),
+    p_step = jax.pmap(step_lib.make_train_step(config, nets, phase),
                       axis_name=parallel.AXIS)
-    metrics.append(p_step(parallel.replicate(host_state), batch)[1])
+    replicated = parallel.replicate(host_state)
+    convs.append(p_step.lower(replicated, batch).as_text().count(
+        "convolution("))
+    state, m = p_step(replicated, batch)
+    states.append(state)
+    metrics.append(m)
+  if option == "batch_passes":  # the stacked passes are fewer
+    assert convs[1] < 0.8 * convs[0], convs
   assert metrics[0].keys() == metrics[1].keys()
   for k in metrics[0]:
     np.testing.assert_allclose(metrics[1][k], metrics[0][k], rtol=1e-4,
                                atol=1e-6, err_msg=k)
+  stats = [s.task.batch_stats for s in states]
+  assert jax.tree_util.tree_structure(stats[0]) == (
+      jax.tree_util.tree_structure(stats[1]))
+  moved = 0
+  for a, b, old in zip(*(jax.tree_util.tree_leaves(t) for t in stats),
+                       jax.tree_util.tree_leaves(host_state.task.batch_stats)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    moved += not np.allclose(a[0], old)
+  # BatchNorm statistics move in adaptation steps only.
+  assert (moved > 0) == (phase == "adapt")
 
 
 def test_save_restore_gives_identical_state(tiny_config, tmp_path):

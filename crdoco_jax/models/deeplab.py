@@ -191,6 +191,9 @@ class TaskNetPair(nn.Module):
   width: int = 64  # channels of the stem; layer widths scale with it
   stride_on_3x3: bool = False  # torchvision bottlenecks (see module doc)
   conv_impl: str = "xla"  # layers.CONV_IMPLS: 'gemm' is faster on XLA:CPU
+  # > 1: inputs are that many stacked batches, each normalised by its own
+  # statistics (layers.BatchNorm); the same variables.
+  bn_groups: int = 1
 
   def setup(self):
     if self.arch not in ARCHS:
@@ -226,10 +229,7 @@ class TaskNetPair(nn.Module):
 
   @property
   def _norm(self):
-    # PyTorch BatchNorm2d defaults; statistics synchronised over
-    # ``bn_axis_name`` when run under pmap.
-    return functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5,
-                             axis_name=self.bn_axis_name, dtype=self.dtype)
+    return layers.batch_norm(self.bn_axis_name, self.dtype, self.bn_groups)
 
   def __call__(self, x: jax.Array, domain: str = None, train: bool = False):
     if domain is None:

@@ -146,10 +146,10 @@ class FlowNetSPair(nn.Module):
   dtype: Any = jnp.float32
   correlation: int = 0  # > 0: FlowNetC-style (see FlowNetS)
   conv_impl: str = "xla"  # layers.CONV_IMPLS: 'gemm' is faster on XLA:CPU
+  bn_groups: int = 1  # as deeplab.TaskNetPair
 
   def setup(self):
-    norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5,
-                             axis_name=self.bn_axis_name, dtype=self.dtype)
+    norm = layers.batch_norm(self.bn_axis_name, self.dtype, self.bn_groups)
     for d in DOMAINS:
       setattr(self, f"net_{d}", FlowNetS(self.width, self.levels,
                                          self.out_channels, self.multi_level,
