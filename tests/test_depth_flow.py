@@ -266,6 +266,8 @@ def test_tiny_demo_runs_through_train_and_evaluate(module, metric,
   # Images (one more compile) for flow only: its frames path is the new one.
   config.train.update(num_steps=2, checkpoint_every=2, eval_every=2,
                       image_every=2 if config.task == "flow" else 0)
+  # Flow runs the stacked passes (frame pairs through the stacking).
+  config.compute.batch_passes = config.task == "flow"
   logged = []
   mean_metrics = train.mean_metrics
   monkeypatch.setattr(train, "mean_metrics",
