@@ -177,7 +177,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # I_S, I_{T->S}; F_T: I_{S->T}, I_T, each half with its own BatchNorm
       # statistics; G_T->S: I_T, I_{S->T}; each D: real, fake) instead of
       # one pass per input: the same maths, fewer and larger convolutions,
-      # floats equal to rounding. Off: the recorded tables' code path.
+      # floats equal to rounding. Needs equal source and target image
+      # sizes. Off: the recorded tables' code path.
       batch_passes=False,
   ))
   # Networks initialised from converted PyTorch weights when a run starts

@@ -160,8 +160,14 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   # One pass per network over the inputs it sees in the same round (fewer,
   # larger convolutions); else one pass per input. Same maths.
   batched = config.compute.get("batch_passes", False)
-  two = (lambda fn, a, b: _stacked(fn, a, b)) if batched else (
-      lambda fn, a, b: (fn(a), fn(b)))
+  if batched and (tuple(config.source.image_size)
+                  != tuple(config.target.image_size)):
+    raise ValueError(
+        "compute.batch_passes stacks source and target inputs, so it needs "
+        f"equal image sizes; source.image_size={config.source.image_size}, "
+        f"target.image_size={config.target.image_size}. Set "
+        "compute.batch_passes=False or resize both domains alike.")
+  two = _stacked if batched else lambda fn, a, b: (fn(a), fn(b))
 
   def generator_terms(params, state: CrDoCoState, batch: Batch):
     """Generator-side loss terms and what the discriminator update reuses."""

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crdoco_jax.models import (DiscriminatorPair, FCDiscriminator, PatchGAN,
+from crdoco_jax.models import (DiscriminatorPair, FCDiscriminator,
+                               FlowNetSPair, PatchGAN,
                                ResnetGenerator, TaskNetPair, TranslatorPair,
                                layers)
 
@@ -271,9 +272,13 @@ def test_grouped_batch_norm_equals_successive_calls(axis_name):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
-def test_grouped_task_net_pass_equals_two_passes():
-  model = small_task_pair(multi_level=True)
-  x = jax.random.normal(KEY, (4, 32, 32, 3))
+@pytest.mark.parametrize("model,channels", [
+    (small_task_pair(multi_level=True), 3),
+    # FlowNetC-style: the siamese stage's BN modules see each frame.
+    (FlowNetSPair(8, 3, correlation=2), 6),
+])
+def test_grouped_task_net_pass_equals_two_passes(model, channels):
+  x = jax.random.normal(KEY, (4, 32, 32, channels))
   variables = jax.jit(model.init)(KEY, x[:2])
   run = lambda m, v, x: m.apply(v, x, "T", train=True,
                                 mutable=["batch_stats"])

@@ -65,6 +65,7 @@ class FlowNetS(nn.Module):
   dtype: Any = jnp.float32
   correlation: int = 0
   conv_impl: str = "xla"  # layers.CONV_IMPLS
+  bn_groups: int = 1  # the groups of ``norm`` (layers.BatchNorm)
 
   @nn.compact
   def __call__(self, x: jax.Array, frozen: bool) -> Dict[str, jax.Array]:
@@ -92,12 +93,15 @@ class FlowNetS(nn.Module):
     start = 0
     if self.correlation:
       # Siamese stages: the same modules (and BN statistics) on each frame.
+      g = self.bn_groups
+      norm = (self.norm if g == 1
+              else functools.partial(self.norm, groups=2 * g))
       stages = [(conv(c, k, 2, (k - 1) // 2, use_bias=False,
                       kernel_init=layers.he_fan_out),
-                 self.norm(),
+                 norm(),
                  conv(c, 3, 1, 1, use_bias=False,
                       kernel_init=layers.he_fan_out),
-                 self.norm()) for c, k in zip(widths[:1], kernels[:1])]
+                 norm()) for c, k in zip(widths[:1], kernels[:1])]
 
       def siamese(y):
         out = []
@@ -106,8 +110,18 @@ class FlowNetS(nn.Module):
           y = act(bn2(conv2(y), use_running_average=frozen))
           out.append(y)
         return out
-      features = siamese(h[..., :3])
-      second = siamese(h[..., 3:])[-1]
+      if g == 1:
+        features = siamese(h[..., :3])
+        second = siamese(h[..., 3:])[-1]
+      else:
+        # One pass over [group 1 frame 1; group 1 frame 2; group 2 ...]:
+        # the order in which successive calls average BN statistics in.
+        n, size = layers.group_size(h.shape[0], g), h.shape[1:3]
+        out = siamese(jnp.moveaxis(h.reshape(g, n, *size, 2, 3), 4, 1
+                                   ).reshape(2 * g * n, *size, 3))
+        frame = lambda y, i: y.reshape(g, 2, n, *y.shape[1:])[:, i].reshape(
+            g * n, *y.shape[1:])
+        features, second = [frame(y, 0) for y in out], frame(out[-1], 1)
       h = jnp.concatenate([correlation(features[-1], second,
                                        self.correlation),
                            conv_bn(features[-1], widths[0] // 2, 1)], -1)
@@ -154,7 +168,7 @@ class FlowNetSPair(nn.Module):
       setattr(self, f"net_{d}", FlowNetS(self.width, self.levels,
                                          self.out_channels, self.multi_level,
                                          norm, self.dtype, self.correlation,
-                                         self.conv_impl))
+                                         self.conv_impl, self.bn_groups))
 
   def __call__(self, x: jax.Array, domain: str = None, train: bool = False):
     if domain is None:

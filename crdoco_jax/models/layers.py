@@ -40,6 +40,14 @@ def batch_norm(axis_name=None, dtype: Dtype = jnp.float32, groups: int = 1):
                            epsilon=1e-5, axis_name=axis_name, dtype=dtype)
 
 
+def group_size(batch: int, groups: int) -> int:
+  """``batch // groups``; an error unless ``groups`` divides ``batch``."""
+  if batch % groups:
+    raise ValueError(f"BatchNorm over {groups} groups needs a batch "
+                     f"divisible by {groups}, got {batch}.")
+  return batch // groups
+
+
 class BatchNorm(nn.Module):
   """``nn.BatchNorm`` (channels last) applied to ``groups`` equal slices of
   the batch at once, as ``groups`` successive calls would: each slice is
@@ -48,7 +56,8 @@ class BatchNorm(nn.Module):
   one network can share one pass, each keeping its own batch statistics.
 
   The same variables as ``nn.BatchNorm`` (and the same auto-name,
-  ``BatchNorm_<i>``), so one parameter tree serves both.
+  ``BatchNorm_<i>``), so one parameter tree serves both. Channels last,
+  with scale and bias; no masks or axis index groups.
   """
   groups: int
   momentum: float = 0.99
@@ -64,14 +73,12 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,),
                             jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
-    dtype = self.dtype or x.dtype
+    dtype = self.dtype or jnp.result_type(x, scale)
     if use_running_average:
       mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
       return ((x - ra_mean.value) * mul + bias).astype(dtype)
-    if x.shape[0] % self.groups:
-      raise ValueError(f"BatchNorm over {self.groups} groups needs a batch "
-                       f"divisible by {self.groups}, got {x.shape[0]}.")
-    xg = x.reshape(self.groups, -1, *x.shape[1:]).astype(jnp.float32)
+    xg = x.reshape(self.groups, group_size(x.shape[0], self.groups),
+                   *x.shape[1:]).astype(jnp.float32)
     axes = tuple(range(1, xg.ndim - 1))
     stats = jnp.stack([xg.mean(axes), jnp.square(xg).mean(axes)])
     if self.axis_name is not None and not self.is_initializing():
