@@ -207,6 +207,14 @@ def test_compute_options_give_the_same_step(tiny_config, option, value,
   assert (moved > 0) == (phase == "adapt")
 
 
+def test_batch_passes_need_equal_image_sizes():
+  config = seg.get_config("tiny")
+  config.compute.batch_passes = True
+  config.source.image_size = (32, 48)
+  with pytest.raises(ValueError, match=r"equal image sizes.*\(32, 48\)"):
+    step_lib.make_train_step(config, models.build_networks(config))
+
+
 def test_save_restore_gives_identical_state(tiny_config, tmp_path):
   config = tiny_config
   state = state_lib.create_train_state(
