@@ -307,7 +307,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         if is_chief:
           visualize.save_png(os.path.join(workdir, "images",
                                           f"step_{step + 1:07d}.png"), grid)
-      if (step + 1) % tc.eval_every == 0 or is_last:
+      # F_T does not change while only the translators train.
+      if ((step + 1) % tc.eval_every == 0 and step >= pretrain) or is_last:
         result = evaluate_target(p_eval, state, config)
         write_eval(writer, step + 1, result, config)
       if checkpoint_now:

@@ -255,6 +255,26 @@ def test_restart_resumes_from_last_checkpoint_and_rejects_other_config(
     train.initial_state(config, workdir)
 
 
+def test_no_target_evaluation_while_only_translators_train(tiny_config,
+                                                           tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  config.translator.pretrain_steps = 2
+  config.train.update(num_steps=4, eval_every=1, checkpoint_every=4,
+                      image_every=0)
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  steps = set()
+  for name in os.listdir(workdir):
+    if name.startswith("events.out.tfevents"):
+      for event in tf.compat.v1.train.summary_iterator(
+          os.path.join(workdir, name)):
+        if any(v.tag == "eval/target_miou" for v in event.summary.value):
+          steps.add(event.step)
+  # F_T is unchanged by steps 1-2: its first evaluation follows step 3.
+  assert steps == {3, 4}
+
+
 def test_pipeline_is_deterministic_and_resumable(tiny_config):
   a = input_pipeline.TrainBatches(tiny_config)
   b = input_pipeline.TrainBatches(tiny_config)
