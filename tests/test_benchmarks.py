@@ -1,8 +1,11 @@
-"""benchmarks/step_time.py on a tiny architecture: runs, prints valid JSON."""
+"""benchmarks/ on tiny sizes: each runs and prints valid JSON."""
+import argparse
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--image-size", "32", "--batch", "1", "--ngf", "4", "--gen-blocks",
@@ -60,3 +63,21 @@ def test_small_conv_threads_prints_json():
            if l.startswith("{")]
   assert [l["batch"] for l in lines if l["framework"] == "jax"] == [1, 2]
   assert all(l["ms"] > 0 and l["cores"] >= 1 for l in lines)
+
+
+def test_torch_flops_counts_convolutions_linear_in_batch():
+  pytest.importorskip("torch")
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import step_time  # pylint: disable=g-import-not-at-top
+  import torch_flops  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(step_time.TORCH_REFERENCE):
+    pytest.skip(f"no PyTorch reference at {step_time.TORCH_REFERENCE}")
+  count = lambda batch: torch_flops.count_step_flops(argparse.Namespace(
+      image_size=32, batch=batch, ngf=4, gen_blocks=1, task_net="resnet18",
+      num_classes=3))
+  one, two = count(1), count(2)
+  assert one["flops_per_step"] > 0
+  assert set(one["flops_by_op"]) == {"aten.convolution",
+                                     "aten.convolution_backward"}
+  # Every counted op is a convolution: its FLOPs scale with the batch.
+  assert two["flops_per_step"] == 2 * one["flops_per_step"]
