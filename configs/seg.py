@@ -251,10 +251,10 @@ def _demo(c):
   # ramp in (loss.adapt_start / adapt_ramp), translators trained by the
   # image-level terms only. Chosen from the failure modes of
   # ../shared/FINDINGS.md, not tuned on target labels; README, "Evidence".
-  # The pretraining length was: 1,000 steps left the translators dropping
-  # small objects, and 4,000 closed more of the gap on every pair tried
-  # (target-val scores of three pairs; README, "How the demo's defaults
-  # were chosen").
+  # The pretraining length was chosen on target-val scores: 1,000 steps
+  # left the translators dropping small objects, 4,000 closed more of the
+  # gap on all three pairs tried and then on a held-out fourth (README,
+  # "How the demo's defaults were chosen").
   c.translator.update(pretrain_steps=4000, task_gradients=False)
   c.loss.update(adapt_start=300, adapt_ramp=200)
   c.train.update(num_steps=5000, schedule_steps=5000, log_every=50,
