@@ -9,7 +9,7 @@ networks, losses and updates that ``step_time.py --vs-torch`` times) on the
 CPU under ``torch.utils.flop_counter.FlopCounterMode``, which counts the
 matmuls and convolutions of the forward and backward passes (2 FLOPs per
 multiply-add; elementwise work, normalisation and optimizer updates are not
-counted). Prints one JSON line: the total and the share of each operator.
+counted). Prints one JSON line: the total and the FLOPs of each operator.
 Dividing the total by a measured step time gives the achieved FLOP/s that
 XLA's GPU cost analysis cannot report (it leaves out library convolutions).
 """

@@ -31,8 +31,9 @@ def instance_norm(dtype: Dtype = jnp.float32) -> nn.Module:
 
 def batch_norm(axis_name=None, dtype: Dtype = jnp.float32, groups: int = 1):
   """PyTorch BatchNorm2d's defaults (its momentum 0.1 is flax's 0.9; eps
-  1e-5) as a module factory, synchronised over the pmap axis ``axis_name``. ``groups`` > 1:
-  :class:`BatchNorm` over that many slices of the batch."""
+  1e-5) as a module factory, synchronised over the pmap axis
+  ``axis_name``. ``groups`` > 1: :class:`BatchNorm` over that many slices
+  of the batch."""
   if groups == 1:
     return functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5,
                              axis_name=axis_name, dtype=dtype)
