@@ -244,7 +244,9 @@ def _demo(c):
   c.translator.update(ngf=16, n_blocks=3, subpixel=True)
   c.task_net.update(arch="resnet18", multi_level=False, width=32)
   c.disc.update(img_ndf=16, feat_ndf=16)
-  c.optim.task_net.update(name="adam", lr=1e-3, schedule="constant")
+  # Poly decay, the task-net schedule of DeepLab / AdaptSegNet (the paper
+  # config's), over the task nets' own updates (state.schedule_horizons).
+  c.optim.task_net.update(name="adam", lr=1e-3, schedule="poly")
   # From scratch, the demo stands in for the paper's pretrained parts as the
   # released code orders them: CycleGAN first (translator.pretrain_steps),
   # then task nets that learn the source task before the unsupervised terms

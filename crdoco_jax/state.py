@@ -44,6 +44,27 @@ def head_names(config: ml_collections.ConfigDict):
   return ("main", "aux") if config.task_net.multi_level else ("main",)
 
 
+# Groups that the translator pretraining phase leaves untouched.
+_ADAPTATION_ONLY_GROUPS = ("task_net", "d_feat")
+
+
+def schedule_horizons(config: ml_collections.ConfigDict) -> dict:
+  """Steps over which each optimizer group's learning-rate schedule runs.
+
+  An optax schedule reads its group's own update count. The task nets and
+  output-space discriminators first update when the adaptation phase starts,
+  after ``translator.pretrain_steps`` of CycleGAN pretraining, so their
+  horizon is what is left of ``train.schedule_steps`` then; the translators
+  and image discriminators train through both phases."""
+  total = config.train.schedule_steps
+  pretrain = (config.translator.pretrain_steps if uses_translator(config)
+              else 0)
+  # (At least 1: a run that only pretrains never reads the others.)
+  adapt = max(total - pretrain, 1)
+  return {name: adapt if name in _ADAPTATION_ONLY_GROUPS else total
+          for name in config.optim}
+
+
 def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
                        rng: jax.Array) -> CrDoCoState:
   """Initialises every network and optimizer (on the default device)."""
@@ -51,8 +72,9 @@ def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
   image = jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3), jnp.float32)
   # The task nets see every frame of an example at once (flow: 6 channels).
   task_input = jnp.tile(image, (1, 1, 1, tasks.num_frames(config)))
-  steps = config.train.schedule_steps
-  make_tx = lambda name: optim.make_optimizer(config.optim[name], steps)
+  horizons = schedule_horizons(config)
+  make_tx = lambda name: optim.make_optimizer(config.optim[name],
+                                              horizons[name])
 
   task_vars = jax.jit(nets.task.init)(k_task, task_input)
   task = TaskState.create(apply_fn=nets.task.apply, params=task_vars["params"],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import seg
-from crdoco_jax import checkpointing, models, parallel, train
+from crdoco_jax import checkpointing, models, optim, parallel, train
 from crdoco_jax import state as state_lib
 from crdoco_jax import train_step as step_lib
 from crdoco_jax.data import input_pipeline
@@ -353,9 +353,36 @@ def test_translator_pretraining_phase_updates_only_translators(tiny_config):
           jax.tree_util.tree_leaves(getattr(new, group).params)))
   assert changed("translator") and changed("d_img")
   assert not changed("task") and not changed("d_feat")
+  # Their optimizer counts stay 0, so their schedules start at adaptation
+  # (state_lib.schedule_horizons).
+  for group in ("task", "d_feat"):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(getattr(host_state, group).opt_state),
+        jax.tree_util.tree_leaves(getattr(new, group).opt_state)):
+      np.testing.assert_array_equal(a, b[0])
   with pytest.raises(ValueError, match="source_only"):
     step_lib.make_train_step(seg.get_config("tiny,source_only"), nets,
                              "translator")
+
+
+def test_schedules_of_groups_that_skip_pretraining_start_at_adaptation():
+  config = seg.get_config("demo")
+  config.optim.task_net.schedule = "poly"
+  total, pretrain = (config.train.schedule_steps,
+                     config.translator.pretrain_steps)
+  assert 0 < pretrain < total
+  horizons = state_lib.schedule_horizons(config)
+  assert horizons == dict(translator=total, d_img=total,
+                          task_net=total - pretrain, d_feat=total - pretrain)
+  # The task nets' poly rate reaches 0 at the run's last step, not after it.
+  schedule = optim.learning_rate_schedule(config.optim.task_net,
+                                          horizons["task_net"])
+  assert float(schedule(total - pretrain - 1)) > 0
+  assert float(schedule(total - pretrain)) == 0
+  # No translators, no pretraining: the whole horizon.
+  source_only = seg.get_config("demo,source_only")
+  assert (state_lib.schedule_horizons(source_only)["task_net"]
+          == source_only.train.schedule_steps)
 
 
 def test_pretraining_phase_ignores_the_adaptation_only_keys(tiny_config):
