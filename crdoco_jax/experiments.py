@@ -262,6 +262,17 @@ def summarize(runs: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
   return dict(metric=metric, methods=methods)
 
 
+def total_run_seconds(runs: Dict[str, Dict[int, Dict[str, Any]]],
+                      pretraining: Dict[str, Dict[int, Optional[float]]]
+                      ) -> float:
+  """Every run's wall time summed, failed runs and the shared pretraining
+  included: what the table costs from an empty workdir, less the runner's
+  own scoring (diagnostics, figure)."""
+  times = [r.get("wall_seconds") for m in runs.values() for r in m.values()]
+  times += [t for seeds in pretraining.values() for t in seeds.values()]
+  return float(sum(t for t in times if t is not None))
+
+
 def markdown(summary: Dict[str, Any], command: str) -> str:
   """``results.md``: the summary as tables."""
   metric, methods = summary["metric"], summary["methods"]
@@ -290,6 +301,9 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
                 f"pretraining per seed (`{PRETRAIN_DIR}/`, "
                 f"{statistics.fmean(done) / 60:.1f} min per seed; not in their "
                 "wall time)."]
+  if "total_run_seconds" in summary:
+    lines += ["", f"All runs together: {summary['total_run_seconds'] / 60:.1f}"
+              " min (their wall times summed, pretraining included)."]
   failed = [f"{n} seed {s}" for n, e in methods.items()
             for s in e["failed_seeds"]]
   if failed:
@@ -501,6 +515,8 @@ def run_experiments(config: str, workdir: str, methods: Sequence[str],
                                       seed)) for seed in seeds}
       for m in groups}
   summary["pretraining_groups"] = list(groups.values())
+  summary["total_run_seconds"] = total_run_seconds(runs,
+                                                   summary["pretraining"])
   command = " ".join([os.path.basename(sys.executable), "-m",
                       "crdoco_jax.experiments"] + sys.argv[1:])
   summary.update(config=config, overrides=list(sets), command=command)

@@ -105,6 +105,13 @@ def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
     log = open(os.path.join(workdir, method, "seed_3", "log.txt")).read()
     assert "Resuming from the checkpoint of step 4" in log, method
   assert "crdoco, no_consistency start from one shared" in table
+  # The table's cost: every run's wall time, pretraining and failures too.
+  walls = [json.load(open(os.path.join(root, name)))
+           ["wall_seconds"] for root, _, names in os.walk(workdir)
+           for name in names if name == "run.json"]
+  assert len(walls) == 5  # 4 methods x 1 seed + the shared pretraining
+  assert summary["total_run_seconds"] == pytest.approx(sum(walls))
+  assert (f"All runs together: {sum(walls) / 60:.1f} min" in table)
   # The consistency diagnostics: F_T as the run evaluated it, F_S on the
   # translated images, their agreement; none without translators.
   diag = methods["crdoco"]["diagnostics"]
