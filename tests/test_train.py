@@ -398,7 +398,7 @@ def test_pretraining_phase_ignores_the_adaptation_only_keys(tiny_config):
                       consistency_mask="agree", consistency_mean="pixel")
     other.loss.aux.update(task=0.3, consistency=0.2, feat_adv=0.7)
     other.translator.task_gradients = False
-    other.optim.task_net.update(name="sgd", lr=0.5, schedule="poly")
+    other.optim.task_net.update(name="sgd", lr=0.5, schedule="linear_decay")
     other.optim.d_feat.update(name="sgd", lr=0.5, schedule="constant")
     other.train.num_steps = 9
     flat = lambda c: checkpointing.flat_config(c.to_dict())
