@@ -81,3 +81,42 @@ def test_torch_flops_counts_convolutions_linear_in_batch():
                                      "aten.convolution_backward"}
   # Every counted op is a convolution: its FLOPs scale with the batch.
   assert two["flops_per_step"] == 2 * one["flops_per_step"]
+
+
+def test_swap_translators_splices_two_checkpoints(tmp_path):
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  from configs import seg
+  from crdoco_jax import checkpointing, train
+  config = seg.get_config("tiny")
+  for seed in (0, 1):
+    config.unlock()
+    config.seed = seed
+    state, manager = train.initial_state(config, str(tmp_path / f"s{seed}"))
+    checkpointing.save(manager, 7, state)
+  step = lambda seed: str(tmp_path / f"s{seed}" / "checkpoints" / "7")
+  run = tmp_path / "run"
+  subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "swap_translators.py"),
+       f"--translators={step(0)}", f"--rest={step(1)}",
+       f"--out={run / 'checkpoints' / '7'}"],
+      capture_output=True, text=True, check=True, timeout=300, cwd=ROOT)
+  spliced, spliced_manager = train.initial_state(config, str(run))
+  fresh = {s: train.initial_state(config, str(tmp_path / f"s{s}"))[0]
+           for s in (0, 1)}
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
+      jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+  assert spliced_manager.latest_step() == 7
+  assert same(spliced.translator, fresh[0].translator)
+  assert same(spliced.d_img, fresh[0].d_img)
+  assert same(spliced.task, fresh[1].task)
+  assert same(spliced.d_feat, fresh[1].d_feat)
+  assert not same(spliced.task, fresh[0].task)  # the seeds differ
+  # Existing output folders are never overwritten.
+  again = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "swap_translators.py"),
+       f"--translators={step(0)}", f"--rest={step(1)}",
+       f"--out={run / 'checkpoints' / '7'}"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert again.returncode != 0 and "exists" in again.stderr
