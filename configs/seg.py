@@ -135,6 +135,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # on F_T(I_T) and F_S(I_{T->S}), ramped with the consistency
       # (losses.class_prior_loss; not the paper). 0 = off.
       class_prior=0.0,
+      # Weight of F_S's task loss on G_T->S(G_S->T(I_S)), the cycle's
+      # reconstruction, labelled by Y_S: F_S then learns G_T->S's artefacts,
+      # which it meets on G_T->S(I_T) in the consistency loss. Not the
+      # paper's (README, "Evidence"). 0 = off.
+      task_reconstructed=0.0,
   ))
   c.optim = ml_collections.ConfigDict(dict(
       # CycleGAN: Adam 2e-4, betas (0.5, 0.999), constant then linear decay.

@@ -106,7 +106,7 @@ ADAPT_ONLY_KEYS = ("method", "loss.task", "loss.consistency", "loss.feat_adv",
                    "loss.feat_gan", "loss.aux.", "loss.adapt_start",
                    "loss.adapt_ramp", "loss.consistency_grad",
                    "loss.consistency_balance", "loss.consistency_form",
-                   "loss.class_prior",
+                   "loss.class_prior", "loss.task_reconstructed",
                    "translator.frozen",
                    "translator.task_gradients", "optim.task_net.",
                    "optim.d_feat.", "train.num_steps")

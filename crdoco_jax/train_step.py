@@ -117,7 +117,8 @@ def loss_weights(config: ml_collections.ConfigDict, step) -> Dict[str, Any]:
     ramp = jnp.clip((t + 1) / w.adapt_ramp, 0.0, 1.0)
   else:
     ramp = (t >= 0).astype(jnp.float32)
-  return dict(task=w.task, consistency=w.consistency * ramp,
+  return dict(task=w.task, task_reconstructed=w.get("task_reconstructed", 0.0),
+              consistency=w.consistency * ramp,
               class_prior=w.get("class_prior", 0.0) * ramp,
               feat_adv=w.feat_adv * ramp, img_adv=w.img_adv, rec=w.rec,
               identity=w.identity)
@@ -222,6 +223,14 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     terms["task"] = (
         _per_head(task.supervised, heads, w.aux.task, out_s, labels)
         + _per_head(task.supervised, heads, w.aux.task, out_st, labels))
+    if w.get("task_reconstructed", 0.0) > 0:
+      # Not the paper's: F_S learns the source labels on the cycle's
+      # reconstruction, an output of G_T->S, as it sees in the consistency.
+      x_sts = G(x_st, "T2S") if x_sts is None else x_sts
+      f_sts = (x_sts if config.translator.task_gradients
+               else jax.lax.stop_gradient(x_sts))
+      terms["task_reconstructed"] = _per_head(
+          task.supervised, heads, w.aux.task, F(f_sts, "S"), labels)
     if w.consistency > 0:
       # 'target_net': F_S's view is a fixed target that only F_T moves to.
       fixed = lambda out, net: (jax.lax.stop_gradient(out)
