@@ -200,8 +200,9 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                  x_ts=jax.lax.stop_gradient(x_ts))
     # What the task nets see; without task gradients the translators learn
     # from the image-level terms only (as pretrained, frozen CycleGANs do).
-    f_st, f_ts = (x_st, x_ts) if config.translator.task_gradients else (
-        cache["x_st"], cache["x_ts"])
+    seen = (lambda x: x) if config.translator.task_gradients else (
+        jax.lax.stop_gradient)
+    f_st, f_ts = seen(x_st), seen(x_ts)
     if train_translator:
       D_img = lambda x, domain: apply_d_img(
           {"params": state.d_img.params}, x, domain)
@@ -225,12 +226,10 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         + _per_head(task.supervised, heads, w.aux.task, out_st, labels))
     if w.get("task_reconstructed", 0.0) > 0:
       # Not the paper's: F_S learns the source labels on the cycle's
-      # reconstruction, an output of G_T->S, as it sees in the consistency.
+      # reconstruction, an output of G_T->S like those of the consistency.
       x_sts = G(x_st, "T2S") if x_sts is None else x_sts
-      f_sts = (x_sts if config.translator.task_gradients
-               else jax.lax.stop_gradient(x_sts))
       terms["task_reconstructed"] = _per_head(
-          task.supervised, heads, w.aux.task, F(f_sts, "S"), labels)
+          task.supervised, heads, w.aux.task, F(seen(x_sts), "S"), labels)
     if w.consistency > 0:
       # 'target_net': F_S's view is a fixed target that only F_T moves to.
       fixed = lambda out, net: (jax.lax.stop_gradient(out)
