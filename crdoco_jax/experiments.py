@@ -65,7 +65,6 @@ _SHARE_PRETRAINING = flags.DEFINE_bool(
     "Run the translators' CycleGAN pretraining (translator.pretrain_steps) "
     "once per seed for the methods that differ only after it, and start "
     "each of them from its checkpoint.")
-flags.mark_flags_as_required(["workdir"])
 
 
 def run_dir(workdir: str, method: str, seed: int) -> str:
@@ -549,4 +548,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Here, not at import: crdoco_jax.compare imports this module.
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)
