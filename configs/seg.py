@@ -94,15 +94,19 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # 1x1 (Caffe / DeepLab-v2); set it for torchvision ImageNet weights.
       stride_on_3x3=False,
   ))
-  c.disc = ml_collections.ConfigDict(dict(img_ndf=64, img_layers=3,
-                                          feat_ndf=64))
+  c.disc = ml_collections.ConfigDict(dict(
+      img_ndf=64, img_layers=3, feat_ndf=64,
+      # D_img learns from a history of this many translations per domain
+      # (crdoco_jax/image_pool.py). CycleGAN: 50; 0 (off) here, as every
+      # recorded table and memory figure was made without it.
+      img_pool=0))
   c.loss = ml_collections.ConfigDict(dict(
       task=1.0,
       consistency=1.0,         # released code: 1.0 per head
       feat_adv=0.001,          # AdaptSegNet lambda_adv_target2 (main head)
       img_adv=1.0,             # CycleGAN
       rec=10.0,                # CycleGAN lambda_A = lambda_B
-      identity=0.0,            # CycleGAN uses 0.5 * rec when enabled
+      identity=0.0,            # CycleGAN's default: 0.5 * rec (off here)
       img_gan="lsgan",
       feat_gan="bce",
       # Multipliers of the auxiliary (layer3) head relative to the main head:

@@ -8,7 +8,7 @@ import ml_collections
 from flax import struct
 from flax.training import train_state
 
-from crdoco_jax import optim, tasks
+from crdoco_jax import image_pool, optim, tasks
 from crdoco_jax.models import Networks
 
 # Parameters do not depend on the spatial size: initialise on small inputs.
@@ -34,6 +34,9 @@ class CrDoCoState:
   translator: Optional[train_state.TrainState] = None
   d_img: Optional[train_state.TrainState] = None
   d_feat: Optional[train_state.TrainState] = None
+  # CycleGAN's histories of translations for D_img (disc.img_pool > 0):
+  # 't' holds I_{S->T} (what D_T judges), 's' holds I_{T->S}.
+  img_pool: Optional[dict] = None
 
 
 def uses_translator(config: ml_collections.ConfigDict) -> bool:
@@ -100,7 +103,23 @@ def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
   return _strong_types(state.replace(
       translator=new(nets.translator.apply, gen_params, "translator"),
       d_img=new(nets.d_img.apply, dimg_params, "d_img"),
-      d_feat=new(nets.d_feat.apply, dfeat_params, "d_feat")))
+      d_feat=new(nets.d_feat.apply, dfeat_params, "d_feat"),
+      img_pool=init_image_pools(config)))
+
+
+def init_image_pools(config: ml_collections.ConfigDict) -> Optional[dict]:
+  """Empty D_img pools of ``disc.img_pool`` translations (None when 0):
+  I_{S->T} has the source's size, I_{T->S} the target's."""
+  size = config.disc.get("img_pool", 0)
+  if size < 0:
+    raise ValueError(f"disc.img_pool={size}; use 0 (off) or the number of "
+                     "translations to keep (CycleGAN: 50).")
+  if not size:
+    return None
+  channels = 3 * tasks.num_frames(config)
+  shape = lambda domain: tuple(config[domain].image_size) + (channels,)
+  return dict(t=image_pool.init(size, shape("source")),
+              s=image_pool.init(size, shape("target")))
 
 
 def _strong_types(state: CrDoCoState) -> CrDoCoState:

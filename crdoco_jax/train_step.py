@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from crdoco_jax import losses, tasks
+from crdoco_jax import image_pool, losses, tasks
 from crdoco_jax.models import Networks
 from crdoco_jax.parallel import AXIS
 from crdoco_jax.state import CrDoCoState, head_names, uses_translator
@@ -299,9 +299,16 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         generator_objective, has_aux=True)(params, state, batch)
     grads = jax.lax.pmean(grads, AXIS)
 
-    d_params = {}
+    d_params, new_pools = {}, {}
     if train_translator:
       d_params["d_img"] = state.d_img.params
+      if state.img_pool is not None:
+        # D_img judges translations from CycleGAN's history, not only these.
+        key = jax.random.fold_in(state.rng, state.step)
+        for i, (name, fake) in enumerate((("t", "x_st"), ("s", "x_ts"))):
+          new_pools[name], cache[fake] = image_pool.query_global(
+              state.img_pool[name], cache[fake], jax.random.fold_in(key, i),
+              AXIS)
     if "probs" in cache:
       d_params["d_feat"] = state.d_feat.params
     d_terms, d_grads = {}, {}
@@ -328,10 +335,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     # result.
     extra = {"task": dict(batch_stats=batch_stats)}
     def update():
-      return state.replace(**{
-          name: getattr(state, name).apply_gradients(grads=g,
-                                                     **extra.get(name, {}))
-          for name, g in {**grads, **d_grads}.items()})
+      new = {name: getattr(state, name).apply_gradients(
+                 grads=g, **extra.get(name, {}))
+             for name, g in {**grads, **d_grads}.items()}
+      if new_pools:  # (a skipped step leaves the pools as they were too)
+        new["img_pool"] = new_pools
+      return state.replace(**new)
     state = jax.lax.cond(finite, update, lambda: state)
     return state.replace(
         step=state.step + 1,

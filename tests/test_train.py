@@ -454,3 +454,37 @@ def test_pretraining_phase_ignores_the_adaptation_only_keys(tiny_config):
     outputs.append(p_step(parallel.replicate(host_state), batch))
   for a, b in zip(*(jax.tree_util.tree_leaves(o) for o in outputs)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_image_pool_feeds_d_img_and_stays_replicated(tiny_config):
+  """disc.img_pool: the first step stores the global batch's translations
+  in order (and D_img judges them, as without a pool); once full, D_img
+  also gets older ones, and every device keeps the same pool."""
+  config = seg.get_config("tiny")
+  config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
+  nets = models.build_networks(config)
+  host_state = state_lib.create_train_state(config, nets,
+                                            jax.random.PRNGKey(0))
+  _, base = _one_step(config, host_state)
+  images = input_pipeline.TrainBatches(config).batch(0)["source_image"]
+  images = images.reshape((-1,) + images.shape[-3:])  # the global batch
+  n = len(images)
+  config.disc.img_pool = n
+  pooled = state_lib.create_train_state(config, nets, jax.random.PRNGKey(0))
+  new, m = _one_step(config, pooled)
+  np.testing.assert_allclose(m["loss_d_img"], base["loss_d_img"], rtol=1e-5)
+  pool = new.img_pool["t"]
+  assert [int(c) for c in pool["count"]] == [n] * jax.local_device_count()
+  want = nets.translator.apply({"params": host_state.translator.params},
+                               images, "S2T")
+  np.testing.assert_allclose(pool["images"][0], want, atol=1e-5)
+  for leaf in jax.tree_util.tree_leaves(new.img_pool):
+    assert all(np.array_equal(leaf[0], x) for x in leaf[1:])
+  # Full now: the second step's answers mix this step's and older images.
+  p_step = jax.pmap(step_lib.make_train_step(config, nets),
+                    axis_name=parallel.AXIS)
+  second, _ = p_step(new, parallel.shard(
+      input_pipeline.TrainBatches(config).batch(1)))
+  changed = [not np.array_equal(a, b) for a, b in
+             zip(second.img_pool["t"]["images"][0], pool["images"][0])]
+  assert any(changed) or n < 4  # each slot is swapped with probability 1/2
