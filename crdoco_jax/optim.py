@@ -19,8 +19,8 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict,
     return optax.join_schedules(
         [optax.constant_schedule(cfg.lr),
          optax.linear_schedule(cfg.lr, 0.0, total_steps - half)], [half])
-  raise ValueError(f"Unknown schedule {cfg.schedule!r}; use constant, poly "
-                   "or linear_decay.")
+  raise ValueError(f"schedule={cfg.schedule!r}; use constant, poly or "
+                   "linear_decay.")
 
 
 def _base_optimizer(cfg, lr) -> optax.GradientTransformation:
@@ -32,7 +32,7 @@ def _base_optimizer(cfg, lr) -> optax.GradientTransformation:
     # momentum (coupled L2), as DeepLab/AdaptSegNet train.
     return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
                        optax.sgd(lr, momentum=cfg.momentum))
-  raise ValueError(f"Unknown optimizer {cfg.name!r}; use adam or sgd.")
+  raise ValueError(f"name={cfg.name!r}; use adam or sgd.")
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict,

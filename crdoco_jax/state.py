@@ -62,10 +62,23 @@ def schedule_horizons(config: ml_collections.ConfigDict) -> dict:
   total = config.train.schedule_steps
   pretrain = (config.translator.pretrain_steps if uses_translator(config)
               else 0)
+  if pretrain and config.train.num_steps > pretrain and total <= pretrain:
+    raise ValueError(
+        f"train.schedule_steps={total} <= translator.pretrain_steps="
+        f"{pretrain}: the task nets' schedule would end before they first "
+        "update. Set train.schedule_steps to the pretraining plus the "
+        "adaptation steps (usually train.num_steps).")
   # (At least 1: a run that only pretrains never reads the others.)
   adapt = max(total - pretrain, 1)
   return {name: adapt if name in _ADAPTATION_ONLY_GROUPS else total
           for name in config.optim}
+
+
+def _optimizer(config: ml_collections.ConfigDict, name: str, horizon: int):
+  try:
+    return optim.make_optimizer(config.optim[name], horizon)
+  except ValueError as e:  # say which config section holds the bad value
+    raise ValueError(f"optim.{name}: {e}") from e
 
 
 def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
@@ -76,8 +89,7 @@ def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
   # The task nets see every frame of an example at once (flow: 6 channels).
   task_input = jnp.tile(image, (1, 1, 1, tasks.num_frames(config)))
   horizons = schedule_horizons(config)
-  make_tx = lambda name: optim.make_optimizer(config.optim[name],
-                                              horizons[name])
+  make_tx = lambda name: _optimizer(config, name, horizons[name])
 
   task_vars = jax.jit(nets.task.init)(k_task, task_input)
   task = TaskState.create(apply_fn=nets.task.apply, params=task_vars["params"],

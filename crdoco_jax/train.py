@@ -25,6 +25,7 @@ from crdoco_jax.data import input_pipeline
 from crdoco_jax.models import build_networks
 
 RESULTS_FILE = "results.json"
+NONFINITE_POLICIES = ("skip", "stop")  # train.nonfinite
 
 
 def configure_jax(config: ml_collections.ConfigDict) -> None:
@@ -210,6 +211,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   on the target split every ``eval_every`` steps and at the end; returns
   and writes the final evaluation to ``workdir/results.json``."""
   configure_jax(config)
+  if config.train.nonfinite not in NONFINITE_POLICIES:
+    raise ValueError(f"train.nonfinite={config.train.nonfinite!r}; use one "
+                     f"of {NONFINITE_POLICIES}.")
   # Missing or unprepared data fails here, before minutes of model set-up.
   train_data = input_pipeline.TrainBatches(config,
                                            workers=config.data.workers)

@@ -130,6 +130,21 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+CONSISTENCY_GRADS = ("both", "target_net", "source_net")
+
+
+def _check_choices(config: ml_collections.ConfigDict) -> None:
+  """Fails on a misspelt choice now, not as a silent default."""
+  choices = {"loss.consistency_grad": (config.loss.consistency_grad,
+                                       CONSISTENCY_GRADS),
+             "loss.img_gan": (config.loss.img_gan, tuple(losses.GAN_LOSSES)),
+             "loss.feat_gan": (config.loss.feat_gan,
+                               tuple(losses.GAN_LOSSES))}
+  for key, (value, allowed) in choices.items():
+    if value not in allowed:
+      raise ValueError(f"{key}={value!r}; use one of {allowed}.")
+
+
 def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                     phase: str = "adapt") -> Callable:
   """Returns ``train_step(state, batch) -> (state, metrics)``, to be pmapped
@@ -140,6 +155,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   if phase == "translator" and not uses_translator(config):
     raise ValueError(f"method {config.method!r} has no translator to train.")
   w = config.loss
+  _check_choices(config)
   heads = head_names(config)
   method = config.method
   adapt = phase == "adapt"

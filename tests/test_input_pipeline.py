@@ -125,3 +125,15 @@ def test_evaluation_at_label_resolution(tiny_config):
   with pytest.raises(ValueError, match="eval_label_size"):
     input_pipeline.decode_example(_record(), (4, 6), False, 255, "depth",
                                   label_size=(8, 12))
+
+
+def test_out_of_range_labels_fail_naming_the_example(tiny_config):
+  """Fewer classes configured than the data has: an error naming the
+  dataset, split, example and value, in training and in evaluation."""
+  tiny_config.data.num_classes = 3
+  with pytest.raises(ValueError, match=r"crdoco_demo_seg/source \(tfds\), "
+                     r"split 'train', example \d+ has label \d+, outside "
+                     r"0...2.*data.num_classes"):
+    input_pipeline.TrainBatches(tiny_config).batch(0)
+  with pytest.raises(ValueError, match=r"split 'val', example \d+ has label"):
+    next(input_pipeline.eval_batches(tiny_config))

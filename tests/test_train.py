@@ -488,3 +488,29 @@ def test_image_pool_feeds_d_img_and_stays_replicated(tiny_config):
   changed = [not np.array_equal(a, b) for a, b in
              zip(second.img_pool["t"]["images"][0], pool["images"][0])]
   assert any(changed) or n < 4  # each slot is swapped with probability 1/2
+
+
+@pytest.mark.parametrize("key,value", [
+    ("loss.consistency_grad", "target"), ("loss.img_gan", "wgan"),
+    ("loss.feat_gan", "ls"), ("optim.d_img.name", "adamw"),
+    ("optim.task_net.schedule", "cosine"), ("train.schedule_steps", 3),
+    ("train.nonfinite", "ignore")])
+def test_misspelt_or_impossible_settings_fail_naming_the_key(tmp_path, key,
+                                                             value):
+  config = seg.get_config("tiny")
+  config.translator.pretrain_steps = 3  # (the schedule case needs one)
+  section, name = key.rsplit(".", 1)
+  node = config
+  for part in section.split("."):
+    node = node[part]
+  node[name] = value
+  nets = models.build_networks(config)
+  with pytest.raises(ValueError, match=key.split(".")[-1]) as error:
+    if key == "train.nonfinite":
+      train.train_and_evaluate(config, str(tmp_path))
+    else:
+      step_lib.make_train_step(config, nets)
+      state_lib.create_train_state(config, nets, jax.random.PRNGKey(0))
+  assert repr(value) in str(error.value) or str(value) in str(error.value)
+  if key.startswith("optim."):
+    assert f"optim.{section.split('.')[1]}:" in str(error.value)

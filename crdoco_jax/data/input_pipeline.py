@@ -264,6 +264,10 @@ class TrainBatches:
                                             self.config.data),
                         self.config.data.ignore_label, self.config.task)
         for i, q in zip(idx, positions)]
+    if self.config.task == "segmentation":
+      for i, e in zip(idx, examples):
+        check_labels(e["label"], self.config.data,
+                     f"{_describe(domain, domain.train_split)} example {i}")
     shape = (self.local_devices, self.per_device)
     return {f"{name}_{k}": np.stack([e[k] for e in examples]).reshape(
         shape + examples[0][k].shape) for k in examples[0]}
@@ -286,6 +290,26 @@ class TrainBatches:
         pending.append(pool.submit(self.batch, step))
         step += 1
         yield result
+
+
+def _describe(domain: ml_collections.ConfigDict, split: str) -> str:
+  config = f"/{domain.builder_config}" if domain.get("builder_config") else ""
+  return f"{domain.name}{config} ({domain.dir or 'tfds'}), split {split!r},"
+
+
+def check_labels(label: np.ndarray, data: ml_collections.ConfigDict,
+                 where: str) -> None:
+  """Class ids must lie in ``[0, data.num_classes)`` or be the ignore
+  label: any other value would make the cross-entropy NaN in training, and
+  be dropped from the confusion matrix in evaluation."""
+  bad = (label != data.ignore_label) & ((label < 0)
+                                        | (label >= data.num_classes))
+  if bad.any():
+    raise ValueError(
+        f"{where} has label {int(label[bad][0])}, outside 0..."
+        f"{data.num_classes - 1} and not the ignore label "
+        f"{data.ignore_label}. Set data.num_classes to the dataset's number "
+        f"of classes, or map that id to {data.ignore_label}.")
 
 
 def open_eval_source(config: ml_collections.ConfigDict):
@@ -317,6 +341,10 @@ def eval_batches(config: ml_collections.ConfigDict,
     chunk = indices[b * per_batch:(b + 1) * per_batch]
     examples = [decode_example(source[i], domain.image_size, False, ignore,
                                config.task, label_size) for i in chunk]
+    if config.task == "segmentation":
+      for i, e in zip(chunk, examples):
+        check_labels(e["label"], config.data,
+                     f"{_describe(domain, domain.eval_split)} example {i}")
     while len(examples) < per_batch:
       examples.append(_padding_example(config, domain.image_size,
                                        label_size))
