@@ -139,9 +139,10 @@ def make_config(args):
   c.translator.update(ngf=args.ngf, n_blocks=args.gen_blocks,
                       share_encoder=args.share_encoder, remat=args.remat,
                       frozen=args.frozen_translator, subpixel=args.subpixel)
+  # The PyTorch reference trains its BatchNorm scales and offsets.
   c.task_net.update(arch=args.task_net, multi_level=args.multi_level,
                     share_last=args.share_last, remat=args.remat,
-                    width=args.width)
+                    width=args.width, bn_affine="train")
   c.disc.update(img_ndf=args.disc_ndf, feat_ndf=args.disc_ndf)
   if args.preset == "torch":
     c.optim.task_net.head_lr_mult = 1.0  # the reference uses one rate

@@ -49,6 +49,7 @@ def get_config(task: str, arg: str, section: ml_collections.ConfigDict,
   # DeepLab's 10x head rate is for classifiers trained from ImageNet.
   c.optim.task_net.head_lr_mult = 1.0
   c.task_net.multi_level = False
+  c.task_net.bn_affine = "train"  # (AdaptSegNet's frozen affine is seg's)
   variants["paper"](c)
   for v in [v for v in arg.split(",") if v] if arg else []:
     if v in variants and v != "paper":

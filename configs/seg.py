@@ -87,7 +87,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       wgrad="xla",
   ))
   c.task_net = ml_collections.ConfigDict(dict(
-      arch="resnet101", multi_level=True, share_last=0, frozen_bn=False,
+      arch="resnet101", multi_level=True, share_last=0,
+      # BatchNorm: frozen_bn=True uses the running statistics (eval mode);
+      # bn_affine='frozen' keeps the scales and offsets as initialised (no
+      # update, no weight decay) while batch statistics are still used, as
+      # AdaptSegNet trains its DeepLab ('train': they learn).
+      frozen_bn=False, bn_affine="frozen",
       remat=False,
       width=64,                # stem channels; 64 = the standard ResNets
       # Bottleneck stride on the 3x3 conv (torchvision) instead of the first
@@ -251,7 +256,9 @@ def _demo(c):
   c.target = _domain("crdoco_demo_seg", "train", "val", size, "target")
   # subpixel: the same sums as the transposed convs, ~0.6x the CPU step.
   c.translator.update(ngf=16, n_blocks=3, subpixel=True)
-  c.task_net.update(arch="resnet18", multi_level=False, width=32)
+  # From scratch, the BatchNorm scales and offsets learn.
+  c.task_net.update(arch="resnet18", multi_level=False, width=32,
+                    bn_affine="train")
   c.disc.update(img_ndf=16, feat_ndf=16)
   # Poly decay, the task-net schedule of DeepLab / AdaptSegNet (the paper
   # config's), over the task nets' own updates (state.schedule_horizons).
@@ -284,7 +291,7 @@ def _synthia(c):
 
 def _tiny(c):
   c.source.image_size = c.target.image_size = (32, 32)
-  c.task_net.update(arch="resnet10", width=8)
+  c.task_net.update(arch="resnet10", width=8, bn_affine="train")
   c.data.per_device_batch = 1
   # Every step exercises the full objective.
   c.translator.update(ngf=4, n_blocks=1, pretrain_steps=0, task_gradients=True)

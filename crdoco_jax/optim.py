@@ -35,25 +35,42 @@ def _base_optimizer(cfg, lr) -> optax.GradientTransformation:
   raise ValueError(f"name={cfg.name!r}; use adam or sgd.")
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict,
-                   total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
+                   freeze_norm: bool = False) -> optax.GradientTransformation:
   """Optimizer for one network group. ``head_lr_mult`` (task nets) gives
   every parameter under a ``heads`` subtree that multiple of the rate, as
-  DeepLab-v2 / AdaptSegNet train their classifiers at 10x."""
+  DeepLab-v2 / AdaptSegNet train their classifiers at 10x. ``freeze_norm``
+  leaves normalisation scales and offsets as they are (no update, no weight
+  decay), as AdaptSegNet does with its BatchNorm layers."""
   schedule = learning_rate_schedule(cfg, total_steps)
+  transforms = {"body": _base_optimizer(cfg, schedule)}
   mult = cfg.head_lr_mult
-  if mult == 1.0:
-    return _base_optimizer(cfg, schedule)
-  head_schedule = lambda step: mult * schedule(step)
+  if mult != 1.0:
+    transforms["head"] = _base_optimizer(cfg, lambda step: mult * schedule(step))
+  if freeze_norm:
+    transforms["frozen"] = optax.set_to_zero()
+  if len(transforms) == 1:
+    return transforms["body"]
   return optax.multi_transform(
-      {"body": _base_optimizer(cfg, schedule),
-       "head": _base_optimizer(cfg, head_schedule)},
-      head_labels)
+      transforms,
+      lambda params: param_labels(params, "head" in transforms, freeze_norm))
 
 
-def head_labels(params: Any) -> Any:
-  """'head' for leaves under a top-level ``heads*`` module, else 'body'."""
+def param_labels(params: Any, heads: bool = True,
+                 freeze_norm: bool = False) -> Any:
+  """With ``heads``, 'head' for leaves under a top-level ``heads*`` module;
+  with ``freeze_norm``, 'frozen' for a normalisation layer's scale and
+  offset (a module holding a ``scale`` and no ``kernel``); else 'body'."""
   def label(path, _):
-    top = getattr(path[0], "key", str(path[0]))
-    return "head" if str(top).startswith("heads") else "body"
+    if freeze_norm and _is_norm(params, path[:-1]):
+      return "frozen"
+    top = str(getattr(path[0], "key", path[0]))
+    return "head" if heads and top.startswith("heads") else "body"
   return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _is_norm(params: Any, module_path) -> bool:
+  module = params
+  for key in module_path:
+    module = module[key.key]
+  return "scale" in module and "kernel" not in module

@@ -74,9 +74,19 @@ def schedule_horizons(config: ml_collections.ConfigDict) -> dict:
           for name in config.optim}
 
 
+def _frozen_norm(config: ml_collections.ConfigDict) -> bool:
+  choice = config.task_net.get("bn_affine", "train")
+  if choice not in ("train", "frozen"):
+    raise ValueError(f"task_net.bn_affine={choice!r}; use 'train' or "
+                     "'frozen' (AdaptSegNet).")
+  return choice == "frozen"
+
+
 def _optimizer(config: ml_collections.ConfigDict, name: str, horizon: int):
   try:
-    return optim.make_optimizer(config.optim[name], horizon)
+    return optim.make_optimizer(config.optim[name], horizon,
+                                freeze_norm=name == "task_net"
+                                and _frozen_norm(config))
   except ValueError as e:  # say which config section holds the bad value
     raise ValueError(f"optim.{name}: {e}") from e
 

@@ -514,3 +514,27 @@ def test_misspelt_or_impossible_settings_fail_naming_the_key(tmp_path, key,
   assert repr(value) in str(error.value) or str(value) in str(error.value)
   if key.startswith("optim."):
     assert f"optim.{section.split('.')[1]}:" in str(error.value)
+
+
+def test_frozen_bn_affine_keeps_scales_and_offsets(tiny_config):
+  """task_net.bn_affine='frozen' (AdaptSegNet): BatchNorm scales and
+  offsets stay as initialised, everything else of the task nets learns."""
+  config = seg.get_config("tiny")
+  config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
+  config.task_net.bn_affine = "frozen"
+  host_state = state_lib.create_train_state(
+      config, models.build_networks(config), jax.random.PRNGKey(0))
+  new, _ = _one_step(config, host_state)
+  labels = optim.param_labels(host_state.task.params, freeze_norm=True)
+  flat = lambda t: jax.tree_util.tree_leaves_with_path(t)
+  moved = {jax.tree_util.keystr(p): not np.allclose(a, b[0]) for (p, a), (_, b)
+           in zip(flat(host_state.task.params), flat(new.task.params))}
+  frozen = {jax.tree_util.keystr(p) for p, l in flat(labels) if l == "frozen"}
+  assert frozen and all(k.endswith(("['scale']", "['bias']")) for k in frozen)
+  assert not any(moved[k] for k in frozen)
+  kernels = [k for k in moved if k.endswith("['kernel']")]
+  assert kernels and all(moved[k] for k in kernels)
+  config.task_net.bn_affine = "none"
+  with pytest.raises(ValueError, match="task_net.bn_affine='none'"):
+    state_lib.create_train_state(config, models.build_networks(config),
+                                 jax.random.PRNGKey(0))
