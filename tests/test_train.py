@@ -462,7 +462,7 @@ def test_image_pool_feeds_d_img_and_stays_replicated(tiny_config):
   also gets older ones, and every device keeps the same pool."""
   config = seg.get_config("tiny")
   config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
-  nets = models.build_networks(config)
+  nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
   host_state = state_lib.create_train_state(config, nets,
                                             jax.random.PRNGKey(0))
   _, base = _one_step(config, host_state)
@@ -471,7 +471,11 @@ def test_image_pool_feeds_d_img_and_stays_replicated(tiny_config):
   n = len(images)
   config.disc.img_pool = n
   pooled = state_lib.create_train_state(config, nets, jax.random.PRNGKey(0))
-  new, m = _one_step(config, pooled)
+  p_step = jax.pmap(step_lib.make_train_step(config, nets),
+                    axis_name=parallel.AXIS)
+  new, m = p_step(parallel.replicate(pooled), parallel.shard(
+      input_pipeline.TrainBatches(config).batch(0)))
+  m = jax.tree_util.tree_map(lambda x: float(x[0]), m)
   np.testing.assert_allclose(m["loss_d_img"], base["loss_d_img"], rtol=1e-5)
   pool = new.img_pool["t"]
   assert [int(c) for c in pool["count"]] == [n] * jax.local_device_count()
@@ -481,8 +485,6 @@ def test_image_pool_feeds_d_img_and_stays_replicated(tiny_config):
   for leaf in jax.tree_util.tree_leaves(new.img_pool):
     assert all(np.array_equal(leaf[0], x) for x in leaf[1:])
   # Full now: the second step's answers mix this step's and older images.
-  p_step = jax.pmap(step_lib.make_train_step(config, nets),
-                    axis_name=parallel.AXIS)
   second, _ = p_step(new, parallel.shard(
       input_pipeline.TrainBatches(config).batch(1)))
   changed = [not np.array_equal(a, b) for a, b in
