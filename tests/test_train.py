@@ -370,8 +370,10 @@ def test_translator_pretraining_phase_updates_only_translators(tiny_config):
                     axis_name=parallel.AXIS)
   batch = input_pipeline.TrainBatches(config).batch(0)
   new, m = p_step(parallel.replicate(host_state), parallel.shard(batch))
-  assert set(m) == {"loss_img_adv", "loss_rec", "loss_d_img", "loss_total",
-                    "nonfinite"}
+  # (tiny inherits the demo's identity term)
+  assert config.loss.identity > 0
+  assert set(m) == {"loss_img_adv", "loss_rec", "loss_identity", "loss_d_img",
+                    "loss_total", "nonfinite"}
   changed = lambda group: any(
       not np.array_equal(a, b[0]) for a, b in zip(
           jax.tree_util.tree_leaves(getattr(host_state, group).params),
