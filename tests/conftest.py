@@ -40,12 +40,3 @@ def tiny_config(tfds_dir):
   config = seg.get_config("tiny")
   config.data.tfds_data_dir = tfds_dir
   return config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _free_compiled_executables():
-  """Each module compiles its own steps; dropping them afterwards keeps the
-  test process's memory flat over the suite."""
-  yield
-  import jax
-  jax.clear_caches()
