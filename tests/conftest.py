@@ -15,10 +15,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # shape; the classic one compiles in well under a second. pmap code does not
 # need partitionable keys (see crdoco_jax/train.py, which does the same).
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
-# XLA's GSPMD partitioner instead of Shardy: the tiny pmapped train step
-# compiles in 16.4-18.1 s instead of 19.4-21.3 s (three alternated runs
-# each, same losses); pmap's per-device programs are the same either way.
-os.environ.setdefault("JAX_USE_SHARDY_PARTITIONER", "0")
 # One persistent compilation cache per test session: tests that compile the
 # same step in several processes (resume, launch.py) compile it once.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
