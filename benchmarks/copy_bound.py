@@ -15,6 +15,7 @@ every matmul keeps its shapes, and the gradients are WRONG. So the step time
 here bounds what any faster form of those copies could gain. Prints
 step_time.py's JSON line plus ``"stand_in"``. Benchmark only.
 """
+import contextlib
 import json
 import os
 import sys
@@ -25,8 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import step_time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def install_stand_in():
-  """Makes the `gemm` backward pass trace with free windows (see above)."""
+@contextlib.contextmanager
+def stand_in():
+  """Within it, the `gemm` backward pass traces with free windows (see
+  above); the original backward pass is restored on exit."""
   from crdoco_jax.models import layers  # pylint: disable=g-import-not-at-top
   shifted, bwd = layers._shifted, layers._conv_gemm_bwd  # pylint: disable=protected-access
 
@@ -43,17 +46,21 @@ def install_stand_in():
       layers._shifted = shifted  # pylint: disable=protected-access
 
   layers._conv_gemm.defvjp(layers._conv_gemm_fwd, bwd_with_free_windows)  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    layers._conv_gemm.defvjp(layers._conv_gemm_fwd, bwd)  # pylint: disable=protected-access
 
 
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
-  stand_in = "--no-stand-in" not in argv
-  if not stand_in:
+  use_stand_in = "--no-stand-in" not in argv
+  if not use_stand_in:
     argv.remove("--no-stand-in")
-  else:
-    install_stand_in()
-  result = step_time.run_jax(step_time.parse_args(argv))
-  result["stand_in"] = stand_in
+  args = step_time.parse_args(argv)
+  with stand_in() if use_stand_in else contextlib.nullcontext():
+    result = step_time.run_jax(args)
+  result["stand_in"] = use_stand_in
   print(json.dumps(result))
 
 

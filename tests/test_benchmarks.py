@@ -120,3 +120,26 @@ def test_swap_translators_splices_two_checkpoints(tmp_path):
        f"--out={run / 'checkpoints' / '7'}"],
       capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_copy_bound_stand_in_changes_only_the_gemm_gradients_inside_it():
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import copy_bound  # pylint: disable=g-import-not-at-top
+  from crdoco_jax.models import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(1, 6, 6, 4)).astype(np.float32)
+  k = rng.normal(size=(3, 3, 4, 5)).astype(np.float32)
+  def grads(conv):
+    loss = lambda x_, k_: (conv(x_, k_, (1, 1), ((1, 1), (1, 1)),
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                           ** 2).sum()
+    return jax.grad(loss, argnums=(0, 1))(x, k)
+  def close(a, b):
+    return all(np.allclose(u, v, rtol=1e-4, atol=1e-4) for u, v in zip(a, b))
+  exact = grads(jax.lax.conv_general_dilated)
+  assert close(grads(layers.conv_general_dilated_gemm), exact)
+  with copy_bound.stand_in():
+    assert not close(grads(layers.conv_general_dilated_gemm), exact)
+  assert close(grads(layers.conv_general_dilated_gemm), exact)
