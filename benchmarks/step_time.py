@@ -26,6 +26,8 @@ peak memory from the compiled executable's memory analysis, and the device's
 own peak where the platform reports it.
 """
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import statistics
@@ -107,6 +109,10 @@ def parse_args(argv=None):
                  help="write the optimised HLO of the step to this file")
   p.add_argument("--vs-torch", action="store_true")
   p.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"])
+  p.add_argument("--time-lock", default="",
+                 help="a file: benchmark processes sharing one device and "
+                 "naming the same file compile in parallel but time their "
+                 "steps (and the PyTorch run) one at a time")
   args = p.parse_args(argv)
   if args.image_size is not None:
     args.source_size = args.source_size or args.image_size
@@ -167,7 +173,24 @@ def memory_summary(compiled):
   return sizes, peak
 
 
-def run_jax(args, return_compiled=False):
+@contextlib.contextmanager
+def exclusive(path):
+  """Holds an exclusive advisory lock on file `path` ('' : no lock)."""
+  if not path:
+    yield
+    return
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_jax(args, return_compiled=False, timing=None):
+  """Compiles (and unless --compile-only, times) the step. `timing`: an
+  ExitStack that takes the --time-lock just before the timed steps and
+  keeps it until the caller closes the stack."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from crdoco_jax import models, parallel  # pylint: disable=g-import-not-at-top
@@ -244,6 +267,8 @@ def run_jax(args, return_compiled=False):
   if args.compile_only:
     return result
 
+  if timing is not None:
+    timing.enter_context(exclusive(args.time_lock))
   times = []
   for i in range(args.warmup + args.steps):
     t0 = time.perf_counter()
@@ -277,11 +302,12 @@ def run_torch(args):
 
 def main(argv=None):
   args = parse_args(argv)
-  result = run_jax(args)
+  with contextlib.ExitStack() as timing:
+    result = run_jax(args, timing=timing)
+    ref = run_torch(args) if args.vs_torch else None
   for name, n in result["params"].items():
     print(f"params {name:10s} {n:>12,d}", file=sys.stderr)
-  if args.vs_torch:
-    ref = run_torch(args)
+  if ref is not None:
     result["torch"] = {k: ref[k] for k in ("median_step_s", "images_per_s",
                                            "params", "params_total",
                                            "torch_version", "device",

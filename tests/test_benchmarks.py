@@ -21,12 +21,26 @@ def _run(*flags):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_step_time_runs_and_prints_json():
-  r = _run("--steps", "1", "--warmup", "0", "--batch-passes")
+def test_step_time_runs_and_prints_json(tmp_path):
+  r = _run("--steps", "1", "--warmup", "0", "--batch-passes",
+           "--time-lock", str(tmp_path / "lock"))
   assert r["median_step_s"] > 0 and len(r["step_seconds"]) == 1
   assert r["batch_passes"]
   assert r["peak_bytes_compiled"] > 0 and r["params_total"] > 0
   assert r["source_size"] == r["target_size"] == [32, 32]
+
+
+def test_time_lock_excludes_other_processes(tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import step_time  # pylint: disable=g-import-not-at-top
+  lock = str(tmp_path / "lock")
+  try_lock = ("import fcntl, sys; f = open(sys.argv[1], 'a'); "
+              "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+  held = lambda: subprocess.run([sys.executable, "-c", try_lock, lock],
+                                capture_output=True).returncode != 0
+  with step_time.exclusive(lock):
+    assert held()
+  assert not held()
 
 
 def test_step_time_compile_only_with_memory_options():
