@@ -12,7 +12,7 @@
 # and "xla_flags") and OUTDIR/log.txt (each job's exit status and stderr
 # tail). Env: CRDOCO_TORCH_REFERENCE (path of torch_crdoco_step.py),
 # TORCH_DEVICE (default cuda), EXTRA (flags appended to every job: a dry run
-# on the CPU with tiny sizes).
+# on the CPU with tiny sizes), ONLY (job names to run, space-separated).
 set -u
 out=${1:?usage: gpu_suite.sh OUTDIR [timeout_s]}
 limit=${2:-420}
@@ -34,6 +34,13 @@ jobs=(
   "paper_bf16|$no_triton|--preset paper --dtype bfloat16 --steps 10 --warmup 2"
   "paper_f32_shared_remat||--preset paper --share-encoder --share-last 2 --remat-networks --steps 10 --warmup 2"
 )
+if [ -n "${ONLY:-}" ]; then
+  kept=()
+  for j in "${jobs[@]}"; do
+    [[ " $ONLY " == *" ${j%%|*} "* ]] && kept+=("$j")
+  done
+  jobs=("${kept[@]}")
+fi
 for j in "${jobs[@]}"; do
   IFS='|' read -r name xla flags <<<"$j"
   (
