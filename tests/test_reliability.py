@@ -14,8 +14,8 @@ import pytest
 from configs import seg
 from crdoco_jax import checkpointing, models, parallel, train
 from crdoco_jax import state as state_lib
-from crdoco_jax import train_step as step_lib
 from crdoco_jax.data import input_pipeline
+from tests import steps
 from tests.subprocesses import env_with_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,12 +37,10 @@ def test_nonfinite_step_is_skipped_on_device(tiny_config):
   config = tiny_config
   host = state_lib.create_train_state(config, models.build_networks(config),
                                       jax.random.PRNGKey(0))
-  nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
-  p_step = jax.pmap(step_lib.make_train_step(config, nets),
-                    axis_name=parallel.AXIS)
   batch = input_pipeline.TrainBatches(config).batch(0)
   batch["target_image"][1, 0, 3, 3, 0] = np.inf  # one device, one pixel
-  new, m = p_step(parallel.replicate(host), parallel.shard(batch))
+  new, m = steps.one_step(config, parallel.replicate(host),
+                          parallel.shard(batch))
   assert float(m["nonfinite"][0]) == 1.0
   new = parallel.unreplicate(new)
   assert int(new.step) == 1 and int(new.nonfinite_steps) == 1

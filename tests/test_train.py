@@ -12,6 +12,7 @@ from crdoco_jax import checkpointing, models, optim, parallel, train
 from crdoco_jax import state as state_lib
 from crdoco_jax import train_step as step_lib
 from crdoco_jax.data import input_pipeline
+from tests import steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,14 +77,12 @@ def test_a_few_steps_lower_the_task_loss(tiny_config):
   config = tiny_config
   host_state = state_lib.create_train_state(
       config, models.build_networks(config), jax.random.PRNGKey(0))
-  nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
-  p_step = jax.pmap(step_lib.make_train_step(config, nets),
-                    axis_name=parallel.AXIS, donate_argnums=(0,))
   state = parallel.replicate(host_state)
   batches = input_pipeline.TrainBatches(config)
   task = []
   for i in range(8):
-    state, m = p_step(state, parallel.shard(batches.batch(i % 2)))
+    state, m = steps.one_step(config, state,
+                              parallel.shard(batches.batch(i % 2)))
     task.append(float(m["loss_task"][0]))
   assert all(np.isfinite(task)), task
   assert np.mean(task[-2:]) < 0.8 * np.mean(task[:2]), task
@@ -97,10 +96,9 @@ def test_source_only_and_frozen_translator_steps_run(tiny_config):
         config, models.build_networks(config), jax.random.PRNGKey(0))
     assert (host_state.translator is None) == (variant == "source_only")
     nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
-    p_step = jax.pmap(step_lib.make_train_step(config, nets),
-                      axis_name=parallel.AXIS)
     batch = input_pipeline.TrainBatches(config).batch(0)
-    new, m = p_step(parallel.replicate(host_state), parallel.shard(batch))
+    new, m = steps.one_step(config, parallel.replicate(host_state),
+                            parallel.shard(batch))
     assert np.isfinite(m["loss_total"][0])
     images = jax.pmap(step_lib.make_visualize_step(config, nets),
                       axis_name=parallel.AXIS)(new, parallel.shard(batch))
@@ -115,11 +113,8 @@ def test_source_only_and_frozen_translator_steps_run(tiny_config):
 
 
 def _one_step(config, host_state):
-  nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
-  p_step = jax.pmap(step_lib.make_train_step(config, nets),
-                    axis_name=parallel.AXIS)
   batch = parallel.shard(input_pipeline.TrainBatches(config).batch(0))
-  new, m = p_step(parallel.replicate(host_state), batch)
+  new, m = steps.one_step(config, parallel.replicate(host_state), batch)
   return new, jax.tree_util.tree_map(lambda x: float(x[0]), m)
 
 
@@ -132,27 +127,22 @@ def assert_term_enters_with_its_weight(config, m, term, weight):
   np.testing.assert_allclose(m["loss_total"], total, rtol=1e-5)
 
 
-def test_class_prior_enters_the_objective_with_its_weight(tiny_config):
-  config = seg.get_config("tiny")
-  config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
-  config.loss.class_prior = 0.5
-  host_state = state_lib.create_train_state(
-      config, models.build_networks(config), jax.random.PRNGKey(0))
-  _, m = _one_step(config, host_state)
-  assert_term_enters_with_its_weight(config, m, "class_prior", 0.5)
-
-
-def test_task_on_reconstructions_trains_f_s_only(tiny_config):
-  """Without task gradients the term reaches F_S, not the translators; it
-  enters the objective with its weight."""
+def test_optional_terms_and_task_on_reconstructions_training_f_s_only(
+    tiny_config):
+  """loss.class_prior and loss.task_reconstructed enter the objective with
+  their weights; without task gradients the reconstruction term reaches F_S,
+  not the translators or F_T. (Both terms in one pair of steps: each step
+  compile is most of a test's time.)"""
   config = seg.get_config("tiny")
   config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
   config.translator.task_gradients = False
+  config.loss.class_prior = 0.5
   host_state = state_lib.create_train_state(
       config, models.build_networks(config), jax.random.PRNGKey(0))
   base, _ = _one_step(config, host_state)
   config.loss.task_reconstructed = 0.5
   new, m = _one_step(config, host_state)
+  assert_term_enters_with_its_weight(config, m, "class_prior", 0.5)
   assert_term_enters_with_its_weight(config, m, "task_reconstructed", 0.5)
   close = lambda a, b: all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
       lambda x, y: np.allclose(x, y, atol=1e-6), a, b)))
@@ -174,12 +164,9 @@ def test_remat_options_leave_the_step_unchanged(tiny_config):
   remat.translator.remat = remat.task_net.remat = True
   outputs, barriers = [], []
   for config in (tiny_config, remat):
-    nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
-    p_step = jax.pmap(step_lib.make_train_step(config, nets),
-                      axis_name=parallel.AXIS)
     state = parallel.replicate(host_state)
-    barriers.append(p_step.lower(state, batch).as_text().count(
-        "optimization_barrier"))
+    p_step, text = steps.compiled_step(config, state, batch)
+    barriers.append(text.count("optimization_barrier"))
     outputs.append(p_step(state, batch))
   # Every network pass (11 here) and every block is checkpointed.
   assert barriers[0] == 0 and barriers[1] > 11, barriers
@@ -208,12 +195,9 @@ def test_compute_options_give_the_same_step(tiny_config, option, value,
   other.compute[option] = value
   states, metrics, convs = [], [], []
   for config in (tiny_config, other):
-    nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
-    p_step = jax.pmap(step_lib.make_train_step(config, nets, phase),
-                      axis_name=parallel.AXIS)
     replicated = parallel.replicate(host_state)
-    convs.append(p_step.lower(replicated, batch).as_text().count(
-        "convolution("))
+    p_step, text = steps.compiled_step(config, replicated, batch, phase)
+    convs.append(text.count("convolution("))
     state, m = p_step(replicated, batch)
     states.append(state)
     metrics.append(m)
@@ -369,10 +353,9 @@ def test_translator_pretraining_phase_updates_only_translators(tiny_config):
   host_state = state_lib.create_train_state(
       config, models.build_networks(config), jax.random.PRNGKey(0))
   nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
-  p_step = jax.pmap(step_lib.make_train_step(config, nets, "translator"),
-                    axis_name=parallel.AXIS)
   batch = input_pipeline.TrainBatches(config).batch(0)
-  new, m = p_step(parallel.replicate(host_state), parallel.shard(batch))
+  new, m = steps.one_step(config, parallel.replicate(host_state),
+                          parallel.shard(batch), "translator")
   # (tiny inherits the demo's identity term)
   assert config.loss.identity > 0
   assert set(m) == {"loss_img_adv", "loss_rec", "loss_identity", "loss_d_img",
@@ -453,10 +436,8 @@ def test_pretraining_phase_ignores_the_adaptation_only_keys(tiny_config):
   batch = parallel.shard(input_pipeline.TrainBatches(tiny_config).batch(0))
   outputs = []
   for config in (tiny_config, other):
-    nets = models.build_networks(config, bn_axis_name=parallel.AXIS)
-    p_step = jax.pmap(step_lib.make_train_step(config, nets, "translator"),
-                      axis_name=parallel.AXIS)
-    outputs.append(p_step(parallel.replicate(host_state), batch))
+    outputs.append(steps.one_step(config, parallel.replicate(host_state),
+                                  batch, "translator"))
   for a, b in zip(*(jax.tree_util.tree_leaves(o) for o in outputs)):
     np.testing.assert_array_equal(a, b)
 
@@ -475,10 +456,11 @@ def test_image_pool_feeds_d_img_and_stays_replicated(tiny_config):
   images = images.reshape((-1,) + images.shape[-3:])  # the global batch
   n = len(images)
   config.disc.img_pool = n
-  pooled = state_lib.create_train_state(config, nets, jax.random.PRNGKey(0))
-  p_step = jax.pmap(step_lib.make_train_step(config, nets),
-                    axis_name=parallel.AXIS)
-  new, m = p_step(parallel.replicate(pooled), parallel.shard(
+  pooled = parallel.replicate(
+      state_lib.create_train_state(config, nets, jax.random.PRNGKey(0)))
+  p_step, _ = steps.compiled_step(config, pooled, parallel.shard(
+      input_pipeline.TrainBatches(config).batch(0)))
+  new, m = p_step(pooled, parallel.shard(
       input_pipeline.TrainBatches(config).batch(0)))
   m = jax.tree_util.tree_map(lambda x: float(x[0]), m)
   np.testing.assert_allclose(m["loss_d_img"], base["loss_d_img"], rtol=1e-5)
