@@ -22,6 +22,7 @@ from typing import Dict, Iterator, Tuple
 import tensorflow_datasets as tfds
 
 from crdoco_jax.data import folder
+from crdoco_jax.data import registration
 from crdoco_jax.data import labels
 
 DATASET_NAME = "crdoco_cityscapes"
@@ -61,13 +62,9 @@ def generate_examples(root: str, split: str, num_classes: int = 19
         labels.CITYSCAPES_VALID_IDS, table)
 
 
-# A second import under another module name must not register twice.
-_REGISTERED = DATASET_NAME in tfds.list_builders(
-    with_community_datasets=False)
-
-
 class CrdocoCityscapes(tfds.core.GeneratorBasedBuilder,
-                       skip_registration=_REGISTERED):
+                       skip_registration=registration.already_registered(
+                           DATASET_NAME)):
   """Cityscapes gtFine train/val from extracted folders, train ids."""
 
   name = DATASET_NAME

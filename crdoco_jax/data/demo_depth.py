@@ -20,14 +20,13 @@ the tfds builder ``crdoco_demo_depth`` (configs ``source``, ``target``)
 with features ``image`` uint8 ``[H, W, 3]``, ``label`` float32 depth
 ``[H, W, 1]`` and ``id``.
 """
-import dataclasses
 import functools
 from typing import Dict, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from crdoco_jax.data import demo_seg
+from crdoco_jax.data import demo_seg, registration
 # Shared with the flow demo, which reaches them through this module.
 from crdoco_jax.data.demo_seg import DemoGenerator, build_demo
 
@@ -223,18 +222,9 @@ def dense_info(builder, doc: str, size: int, channels: int,
       disable_shuffling=True)  # record i is example i
 
 
-@dataclasses.dataclass(eq=False)
-class CrdocoDemoDepthConfig(tfds.core.BuilderConfig):
-  domain: str = "source"
-  seed: int = 0
-
-
-_REGISTERED = DATASET_NAME in tfds.list_builders(
-    with_community_datasets=False)
-
-
 class CrdocoDemoDepth(DemoGenerator, tfds.core.GeneratorBasedBuilder,
-                      skip_registration=_REGISTERED):
+                      skip_registration=registration.already_registered(
+                          DATASET_NAME)):
   """Synthetic rooms with exact depth, 64x64, rendered and 'real'."""
 
   _make_example = staticmethod(make_example)
@@ -244,15 +234,15 @@ class CrdocoDemoDepth(DemoGenerator, tfds.core.GeneratorBasedBuilder,
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
-      CrdocoDemoDepthConfig(name="source", domain="source",
-                            description="Flat-shaded synthetic renders."),
-      CrdocoDemoDepthConfig(name="target", domain="target",
-                            description="Textured 'real' camera with holes."),
+      demo_seg.DemoDomainConfig(name="source", domain="source",
+                                description="Flat-shaded synthetic renders."),
+      demo_seg.DemoDomainConfig(
+          name="target", domain="target",
+          description="Textured 'real' camera with holes."),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
     return dense_info(self, __doc__, IMAGE_SIZE, 1)
-
 
 
 def build(domain: str, data_dir: str,

@@ -35,13 +35,12 @@ the tfds builder ``crdoco_demo_flow`` (configs ``source``, ``target``) with
 ``image``, ``image2`` uint8 ``[H, W, 3]``, ``label`` float32 ``[H, W, 2]``,
 ``valid`` uint8 ``[H, W]`` and ``id``.
 """
-import dataclasses
 from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from crdoco_jax.data import demo_depth, demo_seg
+from crdoco_jax.data import demo_depth, demo_seg, registration
 
 IMAGE_SIZE = 64
 DOMAINS = ("source", "target")
@@ -195,19 +194,10 @@ def warp_error(example: Dict[str, np.ndarray]) -> float:
   return float(np.abs(warped - f1)[ok].mean())
 
 
-@dataclasses.dataclass(eq=False)
-class CrdocoDemoFlowConfig(tfds.core.BuilderConfig):
-  domain: str = "source"
-  seed: int = 0
-
-
-_REGISTERED = DATASET_NAME in tfds.list_builders(
-    with_community_datasets=False)
-
-
 class CrdocoDemoFlow(demo_seg.DemoGenerator,
                      tfds.core.GeneratorBasedBuilder,
-                     skip_registration=_REGISTERED):
+                     skip_registration=registration.already_registered(
+                         DATASET_NAME)):
   """Moving textured shapes with exact flow, 64x64, rendered and 'real'."""
 
   _make_example = staticmethod(make_example)
@@ -221,10 +211,10 @@ class CrdocoDemoFlow(demo_seg.DemoGenerator,
                    "1.2.0": "Finer, unclipped source grain (source-trained "
                             "flow transfers to the target)."}
   BUILDER_CONFIGS = [
-      CrdocoDemoFlowConfig(name="source", domain="source",
-                           description="Clean rendered frame pairs."),
-      CrdocoDemoFlowConfig(name="target", domain="target",
-                           description="Noisy 'real' frame pairs."),
+      demo_seg.DemoDomainConfig(name="source", domain="source",
+                                description="Clean rendered frame pairs."),
+      demo_seg.DemoDomainConfig(name="target", domain="target",
+                                description="Noisy 'real' frame pairs."),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:

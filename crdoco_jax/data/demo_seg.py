@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from crdoco_jax.data import folder
+from crdoco_jax.data import registration
 
 CLASS_NAMES: Tuple[str, ...] = ("sky", "road", "sidewalk", "building",
                                 "vegetation", "car", "person", "pole")
@@ -411,20 +412,15 @@ def _record(domain: str, split: str, index: int, seed: int):
 
 
 @dataclasses.dataclass(eq=False)
-class CrdocoDemoSegConfig(tfds.core.BuilderConfig):
-  """Config for one domain; ``seed`` selects an independent draw."""
+class DemoDomainConfig(tfds.core.BuilderConfig):
+  """One domain of a demo builder; ``seed`` selects an independent draw."""
   domain: str = "source"
   seed: int = 0
 
 
-# A second import of this file under another module name (or a reload) would
-# otherwise fail with "already registered"; the first class stays registered.
-_REGISTERED = DATASET_NAME in tfds.list_builders(
-    with_community_datasets=False)
-
-
 class CrdocoDemoSeg(DemoGenerator, tfds.core.GeneratorBasedBuilder,
-                    skip_registration=_REGISTERED):
+                    skip_registration=registration.already_registered(
+                        DATASET_NAME)):
   """Synthetic street scenes, 64x64: flat, textured, and textured in fog."""
 
   _make_example = staticmethod(_record)
@@ -434,11 +430,11 @@ class CrdocoDemoSeg(DemoGenerator, tfds.core.GeneratorBasedBuilder,
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
-      CrdocoDemoSegConfig(name="source", domain="source",
+      DemoDomainConfig(name="source", domain="source",
                           description="Flat-shaded 'game engine' domain."),
-      CrdocoDemoSegConfig(name="target", domain="target",
+      DemoDomainConfig(name="target", domain="target",
                           description="Textured, noisy 'real' domain."),
-      CrdocoDemoSegConfig(name="fog", domain="fog",
+      DemoDomainConfig(name="fog", domain="fog",
                           description="'Real' domain at foggy dusk."),
   ]
 

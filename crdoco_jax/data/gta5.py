@@ -12,6 +12,7 @@ from typing import Dict, Iterator, Tuple
 import tensorflow_datasets as tfds
 
 from crdoco_jax.data import folder
+from crdoco_jax.data import registration
 from crdoco_jax.data import labels
 
 DATASET_NAME = "crdoco_gta5"
@@ -30,13 +31,9 @@ def generate_examples(root: str) -> Iterator[Tuple[str, Dict[str, object]]]:
         labels.CITYSCAPES_VALID_IDS, labels.CITYSCAPES_ID_TO_TRAIN_ID)
 
 
-# A second import under another module name must not register twice.
-_REGISTERED = DATASET_NAME in tfds.list_builders(
-    with_community_datasets=False)
-
-
 class CrdocoGta5(tfds.core.GeneratorBasedBuilder,
-                 skip_registration=_REGISTERED):
+                 skip_registration=registration.already_registered(
+                     DATASET_NAME)):
   """GTA5 images with Cityscapes train-id labels."""
 
   name = DATASET_NAME

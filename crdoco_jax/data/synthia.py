@@ -16,6 +16,7 @@ from typing import Dict, Iterator, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from crdoco_jax.data import registration
 from crdoco_jax.data import cityscapes
 from crdoco_jax.data import folder
 from crdoco_jax.data import labels
@@ -59,13 +60,9 @@ def generate_examples(root: str, num_classes: int = 19
         labels.SYNTHIA_VALID_IDS, table)
 
 
-# A second import under another module name must not register twice.
-_REGISTERED = DATASET_NAME in tfds.list_builders(
-    with_community_datasets=False)
-
-
 class CrdocoSynthia(tfds.core.GeneratorBasedBuilder,
-                    skip_registration=_REGISTERED):
+                    skip_registration=registration.already_registered(
+                        DATASET_NAME)):
   """SYNTHIA-RAND-CITYSCAPES with labels in a Cityscapes class protocol."""
 
   name = DATASET_NAME

@@ -47,10 +47,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, frozen: bool):
     d = self.dilation
-    conv = functools.partial(layers.conv, use_bias=False,
-                             kernel_init=layers.he_fan_out, dtype=self.dtype,
-                             impl=self.conv_impl)
-    norm = lambda y: self.norm()(y, use_running_average=frozen)
+    conv, norm = _conv_and_norm(self, frozen)
     y = nn.relu(norm(conv(self.planes, 3, self.stride, d, d)(x)))
     y = norm(conv(self.planes, 3, 1, d, d)(y))
     return nn.relu(y + _shortcut(x, self.planes, self.stride, self.norm,
@@ -70,10 +67,7 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x, frozen: bool):
     d = self.dilation
-    conv = functools.partial(layers.conv, use_bias=False,
-                             kernel_init=layers.he_fan_out, dtype=self.dtype,
-                             impl=self.conv_impl)
-    norm = lambda y: self.norm()(y, use_running_average=frozen)
+    conv, norm = _conv_and_norm(self, frozen)
     # Caffe-style: the stride sits on the first 1x1 conv; torchvision's on
     # the 3x3 conv.
     s1, s3 = (1, self.stride) if self.stride_on_3x3 else (self.stride, 1)
@@ -82,6 +76,16 @@ class Bottleneck(nn.Module):
     y = norm(conv(self.planes * 4, 1)(y))
     return nn.relu(y + _shortcut(x, self.planes * 4, self.stride, self.norm,
                                  frozen, self.dtype, self.conv_impl))
+
+
+def _conv_and_norm(block, frozen):
+  """A residual block's conv (no bias, He fan-out init) and norm layers,
+  made when called (inside the block's compact ``__call__``)."""
+  conv = functools.partial(layers.conv, use_bias=False,
+                           kernel_init=layers.he_fan_out, dtype=block.dtype,
+                           impl=block.conv_impl)
+  norm = lambda y: block.norm()(y, use_running_average=frozen)
+  return conv, norm
 
 
 def _shortcut(x, features, stride, norm, frozen, dtype, conv_impl):
