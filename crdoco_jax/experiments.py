@@ -41,7 +41,11 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FILE = "run.json"        # per run: command, return code, wall time
 RESULTS_FILE = "results.json"  # per run (written by train.py) and summary
 DIAGNOSTICS_FILE = "diagnostics.json"  # per run: see diagnose()
-DIAGNOSTICS = ("f_t_miou", "f_s_translated_miou", "agreement")
+# Per-run diagnostics and their column headers (see diagnose()).
+DIAGNOSTICS = {"f_t_miou": "F_T(I_T) mIoU",
+               "f_s_translated_miou": "F_S(G_T->S(I_T)) mIoU",
+               "agreement": "pixels where they agree",
+               "f_s_source_miou": "F_S(I_S) mIoU, source val"}
 
 _CONFIG = flags.DEFINE_string(
     "config", "configs/seg.py:demo",
@@ -244,8 +248,10 @@ def summarize(runs: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
             n: statistics.fmean(p[n] for p in per_class) for n in per_class[0]}
       diags = [r["diagnostics"] for r in ok.values() if r.get("diagnostics")]
       if diags:
-        entry["diagnostics"] = {k: _mean_std([d[k] for d in diags])
-                                for k in DIAGNOSTICS}
+        # (F_S on the source val split needs a source domain with one.)
+        entry["diagnostics"] = {
+            k: _mean_std([d[k] for d in diags]) for k in DIAGNOSTICS
+            if all(d.get(k) is not None for d in diags)}
         entry["diagnostics_per_class"] = {
             net: {n: statistics.fmean(d["per_class"][net][n] for d in diags)
                   for n in diags[0]["per_class"][net]}
@@ -310,15 +316,18 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
   diagnosed = {n: e["diagnostics"] for n, e in methods.items()
                if "diagnostics" in e}
   if diagnosed:
+    keys = [k for k in DIAGNOSTICS
+            if all(k in d for d in diagnosed.values())]
     lines += ["", "The two predictions the consistency loss ties together, on "
-              "the target val split (mean ± std over seeds):", "",
-              "| method | F_T(I_T) mIoU | F_S(G_T->S(I_T)) mIoU | "
-              "pixels where they agree |", "|---|---|---|---|"]
+              "the target val split, and F_S on the source val split where "
+              "there is one (mean ± std over seeds):", "",
+              "| method | " + " | ".join(DIAGNOSTICS[k] for k in keys) + " |",
+              "|---|" + "---|" * len(keys)]
     for n, d in diagnosed.items():
       lines.append(f"| {n} | " + " | ".join(
           f"{d[k]['mean']:.2f} ± {d[k]['std']:.2f}" + ("%" if k == "agreement"
                                                       else "")
-          for k in DIAGNOSTICS) + " |")
+          for k in keys) + " |")
   with_classes = {n: e for n, e in methods.items() if "per_class_iou" in e}
   if with_classes:
     classes = list(next(iter(with_classes.values()))["per_class_iou"])
@@ -350,10 +359,14 @@ def load_run(config_arg: str, workdir: str, method: str, seed: int):
   return config, state, build_networks(config)
 
 
-def _target_val(config, batch_size: int):
+def _val(config, batch_size: int, domain: str = "target"):
+  """The val split of the run's target (or source) domain, on one device."""
   from crdoco_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
   with config.unlocked():
     config.data.eval_per_device_batch = batch_size
+    if domain == "source":  # eval_batches reads config.target
+      config.target = config.source
   return input_pipeline.eval_batches(config, num_local_devices=1,
                                      process_index=0, process_count=1)
 
@@ -375,13 +388,19 @@ def diagnose(config_arg: str, workdir: str, method: str, seed: int
   """For a finished segmentation run with translators, on the whole target
   val split: mIoU of F_T(I_T) and of F_S(G_T->S(I_T)) (the two predictions
   the consistency loss ties together) and the share of labelled pixels on
-  which they agree, in %. Cached in the run's ``diagnostics.json``."""
+  which they agree, in %; and the mIoU of F_S on the source val split
+  (None without one), which tells what F_S loses on translated images.
+  Cached in the run's ``diagnostics.json``."""
   directory = run_dir(workdir, method, seed)
   path = os.path.join(directory, DIAGNOSTICS_FILE)
   if os.path.exists(path):
     with open(path) as f:
       cached = json.load(f)
-    if "per_class" in cached:  # else written by an older version: redo
+    # An older version's file lacks F_S on the source: redo it, if the
+    # run's checkpoints are still there (results copied without them keep
+    # what they have).
+    if "f_s_source_miou" in cached or not os.path.isdir(
+        os.path.join(directory, "checkpoints")):
       return cached
   if load_config(config_arg, method).task != "segmentation":
     return None  # before restoring anything
@@ -393,7 +412,7 @@ def diagnose(config_arg: str, workdir: str, method: str, seed: int
   task, t2s = _apply(nets, state)
   c, ignore = config.data.num_classes, config.data.ignore_label
   cms, agree, labelled = np.zeros((2, c, c), np.int64), 0, 0
-  for batch in _target_val(config, 32):
+  for batch in _val(config, 32):
     x, y = batch["image"][0], batch["label"][0]
     p_t = np.asarray(task(x, "T")).argmax(-1)
     p_s = np.asarray(task(t2s(x), "S")).argmax(-1)
@@ -411,6 +430,14 @@ def diagnose(config_arg: str, workdir: str, method: str, seed: int
              # consistency loss can only keep what they share.
              per_class=dict(f_t=per_class(cms[0]),
                             f_s_translated=per_class(cms[1])))
+  out["f_s_source_miou"] = None
+  if config.source.eval_split:
+    cm = np.zeros((c, c), np.int64)
+    for batch in _val(config, 32, "source"):
+      p = np.asarray(task(batch["image"][0], "S")).argmax(-1)
+      cm += np.asarray(evaluate.confusion_matrix(p, batch["label"][0], c,
+                                                 ignore))
+    out["f_s_source_miou"] = 100 * evaluate.mean_iou(cm)
   with open(path, "w") as f:
     json.dump(out, f, indent=1)
   return out
@@ -428,7 +455,7 @@ def figure(config_arg: str, workdir: str, seed: int, num_images: int
   config = loaded["crdoco"][0]
   if config.task != "segmentation":
     return None
-  batch = next(_target_val(config, num_images))
+  batch = next(_val(config, num_images))
   x, y = batch["image"][0], batch["label"][0]
   predict = {m: _apply(nets, state) for m, (_, state, nets) in loaded.items()}
   x_ts = np.asarray(predict["crdoco"][1](x))

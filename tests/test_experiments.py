@@ -59,6 +59,26 @@ def test_summarize_gap_and_statistics():
   assert "| source_only | 0.400 ± 0.000 | 1 | 0.400 | 0% |" in table
 
 
+def test_diagnostics_columns_follow_what_every_seed_has():
+  diag = lambda source: dict(f_t_miou=50.0, f_s_translated_miou=40.0,
+                             agreement=90.0, f_s_source_miou=source,
+                             per_class=dict(f_t={"a": 50.0},
+                                            f_s_translated={"a": 40.0}))
+  run = lambda source: dict(result=dict(target_miou=50.0), wall_seconds=1.0,
+                            returncode=0, diagnostics=diag(source))
+  with_source = experiments.summarize({"crdoco": {0: run(70.0),
+                                                  1: run(60.0)}})
+  d = with_source["methods"]["crdoco"]["diagnostics"]
+  assert d["f_s_source_miou"]["mean"] == pytest.approx(65.0)
+  assert "| F_S(I_S) mIoU, source val |" in experiments.markdown(
+      with_source, "cmd")
+  # A source domain without a val split (GTA5): no such column.
+  without = experiments.summarize({"crdoco": {0: run(70.0), 1: run(None)}})
+  assert "f_s_source_miou" not in without["methods"]["crdoco"]["diagnostics"]
+  table = experiments.markdown(without, "cmd")
+  assert "source val |" not in table and "| 40.00 ± 0.00 |" in table
+
+
 def test_overrides_reject_malformed_set():
   with pytest.raises(ValueError, match="train.num_steps"):
     experiments.overrides(["train.num_steps"])
@@ -120,6 +140,9 @@ def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
   assert diag["f_t_miou"]["mean"] == pytest.approx(crdoco_miou, abs=1e-6)
   assert 0.0 <= diag["f_s_translated_miou"]["mean"] <= 100.0
   assert 0.0 <= diag["agreement"]["mean"] <= 100.0
+  # F_S on the source val split: its own domain, not a translation.
+  assert 0.0 <= diag["f_s_source_miou"]["mean"] <= 100.0
+  assert "F_S(I_S) mIoU, source val" in table
   assert "diagnostics" not in methods["source_only"]
   assert "F_S(G_T->S(I_T)) mIoU" in table
   per_class = methods["crdoco"]["diagnostics_per_class"]
