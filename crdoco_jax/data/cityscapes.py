@@ -22,8 +22,8 @@ from typing import Dict, Iterator, Tuple
 import tensorflow_datasets as tfds
 
 from crdoco_jax.data import folder
-from crdoco_jax.data import registration
 from crdoco_jax.data import labels
+from crdoco_jax.data import registration
 
 DATASET_NAME = "crdoco_cityscapes"
 SPLIT_DIRS = {"train": "train", "validation": "val"}

@@ -431,11 +431,11 @@ class CrdocoDemoSeg(DemoGenerator, tfds.core.GeneratorBasedBuilder,
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       DemoDomainConfig(name="source", domain="source",
-                          description="Flat-shaded 'game engine' domain."),
+                       description="Flat-shaded 'game engine' domain."),
       DemoDomainConfig(name="target", domain="target",
-                          description="Textured, noisy 'real' domain."),
+                       description="Textured, noisy 'real' domain."),
       DemoDomainConfig(name="fog", domain="fog",
-                          description="'Real' domain at foggy dusk."),
+                       description="'Real' domain at foggy dusk."),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:

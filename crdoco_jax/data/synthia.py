@@ -16,10 +16,10 @@ from typing import Dict, Iterator, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from crdoco_jax.data import registration
 from crdoco_jax.data import cityscapes
 from crdoco_jax.data import folder
 from crdoco_jax.data import labels
+from crdoco_jax.data import registration
 
 DATASET_NAME = "crdoco_synthia"
 _PNG_PALETTE = 3  # IHDR colour type: TF would decode colours, not indices.
