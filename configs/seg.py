@@ -85,6 +85,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # 'matmul': the translators' convolutions as compute.conv='gemm' (kept
       # for configs that set it; use compute.conv).
       wgrad="xla",
+      # Diagnostic, not the paper: F_S sees the target scenes rendered in
+      # the source style (a perfect G_T->S, made from the target labels)
+      # instead of G_T->S(I_T); G_T->S still trains as usual. Embedded demo
+      # only (README, "Evidence").
+      ideal_t2s=False,
   ))
   c.task_net = ml_collections.ConfigDict(dict(
       arch="resnet101", multi_level=True, share_last=0,

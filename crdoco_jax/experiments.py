@@ -111,7 +111,8 @@ ADAPT_ONLY_KEYS = ("method", "loss.task", "loss.consistency", "loss.feat_adv",
                    "loss.consistency_balance", "loss.consistency_form",
                    "loss.class_prior", "loss.task_reconstructed",
                    "translator.frozen",
-                   "translator.task_gradients", "optim.task_net.",
+                   "translator.task_gradients", "translator.ideal_t2s",
+                   "optim.task_net.",
                    "optim.d_feat.", "train.num_steps")
 PRETRAIN_DIR = "_pretraining"
 COMPILATION_CACHE_DIR = "_jax_cache"

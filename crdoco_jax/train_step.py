@@ -234,6 +234,9 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     if not adapt:
       return terms, cache, F.batch_stats
 
+    if config.translator.get("ideal_t2s", False):
+      # F_S's view of the target through a perfect translator (diagnostic).
+      f_ts = batch["target_as_source"]
     out_s, out_ts = F.two(x_s, f_ts, "S")
     out_st, out_t = F.two(f_st, x_t, "T")
     labels = {h: y_s for h in heads}

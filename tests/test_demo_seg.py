@@ -160,3 +160,22 @@ def test_tfds_builder_roundtrip(tmp_path, monkeypatch, domain):
   np.testing.assert_array_equal(
       train[7]["label"][..., 0],
       demo_seg.make_example(domain, "train", 7)["label"])
+
+
+def test_restyle_renders_label_maps_as_the_domain_does():
+  labels = np.stack([demo_seg.make_example("target", "train", i)["label"]
+                     for i in range(2)])
+  images = demo_seg.restyle(labels, "fog", (3, 1, 0))
+  assert images.shape == labels.shape + (3,) and images.dtype == np.float32
+  assert images.min() >= -1.0 and images.max() <= 1.0
+  np.testing.assert_array_equal(images, demo_seg.restyle(labels, "fog",
+                                                         (3, 1, 0)))
+  # The same scenes, in the fog palette: render() with the same RNG.
+  rng = np.random.default_rng(np.random.SeedSequence([3, 1, 0]))
+  for label, image in zip(labels, images):
+    want = demo_seg.render(label, "fog", rng).astype(np.float32) / 127.5 - 1
+    np.testing.assert_array_equal(image, want)
+  assert not np.array_equal(images, demo_seg.restyle(labels, "source",
+                                                     (3, 1, 0)))
+  with pytest.raises(ValueError, match="label 255 is not a class id"):
+    demo_seg.restyle(np.full((1, 4, 4), 255), "fog", (0,))

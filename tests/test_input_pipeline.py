@@ -137,3 +137,35 @@ def test_out_of_range_labels_fail_naming_the_example(tiny_config):
     input_pipeline.TrainBatches(tiny_config).batch(0)
   with pytest.raises(ValueError, match=r"split 'val', example \d+ has label"):
     next(input_pipeline.eval_batches(tiny_config))
+
+
+def test_ideal_translation_batches_render_the_target_scenes(tiny_config):
+  from crdoco_jax.data import demo_seg  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  config.translator.ideal_t2s = True
+  batches = input_pipeline.TrainBatches(config, num_local_devices=2)
+  batch = batches.batch(3)
+  # The target labels feed the rendering but are not handed to the step.
+  assert "target_label" not in batch
+  ideal = batch["target_as_source"]
+  assert ideal.shape == batch["target_image"].shape
+  np.testing.assert_array_equal(ideal, batches.batch(3)["target_as_source"])
+  # The scenes of the target images (the oracle keeps their labels), drawn
+  # in the source domain's style.
+  config.method = "oracle"
+  labels = input_pipeline.TrainBatches(
+      config, num_local_devices=2).batch(3)["target_label"]
+  want = demo_seg.restyle(labels.reshape((-1,) + labels.shape[2:]),
+                          config.source.builder_config,
+                          (config.seed, 3, 0, 11))
+  np.testing.assert_array_equal(ideal, want.reshape(ideal.shape))
+  assert not np.allclose(ideal, batch["target_image"], atol=0.1)
+
+
+def test_ideal_translation_needs_the_demo_domains(tiny_config):
+  config = tiny_config
+  config.translator.ideal_t2s = True
+  config.target.name = "folder"
+  config.target.dir = "/nonexistent"
+  with pytest.raises(ValueError, match="translator.ideal_t2s=True"):
+    input_pipeline.TrainBatches(config)

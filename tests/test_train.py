@@ -152,6 +152,25 @@ def test_optional_terms_and_task_on_reconstructions_training_f_s_only(
   assert not close(part(base.task.params, "_S"), part(new.task.params, "_S"))
 
 
+def test_ideal_translation_replaces_f_s_view_only(tiny_config):
+  """translator.ideal_t2s: F_S's view of the target (the consistency term)
+  is the batch's rendering, while G_T->S's own terms (cycle, image
+  adversarial) still see G_T->S(I_T)."""
+  config = tiny_config
+  config.translator.ideal_t2s = True
+  host_state = state_lib.create_train_state(
+      config, models.build_networks(config), jax.random.PRNGKey(0))
+  state = parallel.replicate(host_state)
+  batch = input_pipeline.TrainBatches(config).batch(0)
+  other = dict(batch, target_as_source=batch["target_as_source"][..., ::-1])
+  metrics = [jax.tree_util.tree_map(lambda x: float(x[0]), steps.one_step(
+      config, state, parallel.shard(b))[1]) for b in (batch, other)]
+  assert metrics[0]["loss_consistency"] != metrics[1]["loss_consistency"]
+  for term in ("rec", "img_adv", "identity"):
+    if f"loss_{term}" in metrics[0]:
+      assert metrics[0][f"loss_{term}"] == metrics[1][f"loss_{term}"], term
+
+
 def test_remat_options_leave_the_step_unchanged(tiny_config):
   # Rematerialisation trades memory for recomputation; the maths and the
   # parameter names (so checkpoints) are the same.
@@ -411,6 +430,7 @@ def test_pretraining_phase_ignores_the_adaptation_only_keys(tiny_config):
                       consistency_mask="agree", consistency_mean="pixel")
     other.loss.aux.update(task=0.3, consistency=0.2, feat_adv=0.7)
     other.translator.task_gradients = False
+    other.translator.ideal_t2s = True
     other.optim.task_net.update(name="sgd", lr=0.5, schedule="linear_decay")
     other.optim.d_feat.update(name="sgd", lr=0.5, schedule="constant")
     other.train.num_steps = 9

@@ -24,7 +24,7 @@ builder ``crdoco_demo_seg`` with configs ``source``, ``target`` and ``fog``::
 """
 import dataclasses
 import functools
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -371,6 +371,32 @@ def make_example(domain: str, split: str, index: int, seed: int = 0,
       [seed, DOMAINS.index(domain), SPLITS.index(split), index]))
   label, instances = _sample_scene(rng, size)
   return {"image": render(label, domain, rng, instances), "label": label}
+
+
+def restyle(labels: np.ndarray, domain: str, seed: Sequence[int]
+            ) -> np.ndarray:
+  """Renders label maps in ``domain``'s appearance: a perfect translation
+  of the scenes they label into that domain (the diagnostic
+  ``translator.ideal_t2s``; README, "Evidence").
+
+  Args:
+    labels: int ``[N, H, W]`` class ids in ``[0, NUM_CLASSES)``.
+    domain: one of ``DOMAINS``.
+    seed: integers the rendering's RNG is seeded from (pure in them).
+  Returns:
+    float32 ``[N, H, W, 3]`` images in [-1, 1], as the input pipeline's.
+  Raises:
+    ValueError: unknown ``domain``, or a label outside the classes.
+  """
+  labels = np.asarray(labels)
+  bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+  if bad.size:
+    raise ValueError(f"restyle: label {int(bad[0])} is not a class id of "
+                     f"the demo (0..{NUM_CLASSES - 1}); an ideal translation "
+                     f"needs every pixel labelled.")
+  rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
+  images = [render(label.astype(np.int64), domain, rng) for label in labels]
+  return np.stack(images).astype(np.float32) / 127.5 - 1.0
 
 
 # ---------------------------------------------------------------- tfds builder

@@ -242,12 +242,12 @@ class TrainBatches:
     self.local_batch = self.local_devices * self.per_device
     self.global_batch = self.local_batch * process_count
     root = data_dir(config)
-    needs_target_labels = config.method == "oracle"
+    self.ideal_t2s = _check_ideal_t2s(config)
     self.streams = {
         name: open_source(config[name], config[name].train_split, root,
                           config.data.num_classes, config.task)
         for name in ("source", "target")}
-    self.keep_target_label = needs_target_labels
+    self.keep_target_label = config.method == "oracle"
     sample_augmentation(0, 0, 0, config.data)  # a bad range fails here
     self.workers, self.prefetch = workers, prefetch
 
@@ -275,6 +275,15 @@ class TrainBatches:
   def batch(self, step: int) -> Batch:
     """The local share of global batch ``step``."""
     out = {**self._stream("source", 0, step), **self._stream("target", 1, step)}
+    if self.ideal_t2s:
+      from crdoco_jax.data import demo_seg  # pylint: disable=g-import-not-at-top
+      labels = out["target_label"]
+      # Seeded by the step and process: a resumed run renders the same.
+      images = demo_seg.restyle(
+          labels.reshape((-1,) + labels.shape[2:]),
+          self.config.source.builder_config,
+          (self.config.seed, step, self.process_index, 11))
+      out["target_as_source"] = images.reshape(labels.shape + (3,))
     if not self.keep_target_label:
       del out["target_label"]
       out.pop("target_valid", None)
@@ -290,6 +299,26 @@ class TrainBatches:
         pending.append(pool.submit(self.batch, step))
         step += 1
         yield result
+
+
+def _check_ideal_t2s(config: ml_collections.ConfigDict) -> bool:
+  """Whether batches carry ``target_as_source``: the target scenes rendered
+  in the source style (``translator.ideal_t2s``, a diagnostic that reads the
+  target labels), which only the embedded demo domains can render."""
+  if not config.translator.get("ideal_t2s", False):
+    return False
+  from crdoco_jax.data import demo_seg  # pylint: disable=g-import-not-at-top
+  names = {d: (config[d].name, config[d].builder_config)
+           for d in ("source", "target")}
+  if (config.task != "segmentation"
+      or any(n != demo_seg.DATASET_NAME for n, _ in names.values())):
+    raise ValueError(
+        f"translator.ideal_t2s=True renders target scenes in the source "
+        f"style, which needs the embedded segmentation demo "
+        f"({demo_seg.DATASET_NAME!r}) as both domains; got task "
+        f"{config.task!r} and domains {names}. Set "
+        f"--config.translator.ideal_t2s=False.")
+  return True
 
 
 def _describe(domain: ml_collections.ConfigDict, split: str) -> str:
