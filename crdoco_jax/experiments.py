@@ -45,7 +45,9 @@ DIAGNOSTICS_FILE = "diagnostics.json"  # per run: see diagnose()
 DIAGNOSTICS = {"f_t_miou": "F_T(I_T) mIoU",
                "f_s_translated_miou": "F_S(G_T->S(I_T)) mIoU",
                "agreement": "pixels where they agree",
-               "f_s_source_miou": "F_S(I_S) mIoU, source val"}
+               "f_s_source_miou": "F_S(I_S) mIoU, source val",
+               # translator.ideal_t2s runs only: F_S on what it trained on.
+               "f_s_ideal_miou": "F_S(ideal I_T->S) mIoU"}
 
 _CONFIG = flags.DEFINE_string(
     "config", "configs/seg.py:demo",
@@ -345,17 +347,22 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _recorded_config(config_arg: str, method: str, directory: str):
+  """The config a run recorded in its directory, overrides included."""
+  from crdoco_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  return checkpointing.read_config(directory, load_config(config_arg, method))
+
+
 def load_run(config_arg: str, workdir: str, method: str, seed: int):
   """``(config, state, nets)`` of a finished run, with the config it
   recorded (overrides included); None if the run has not finished."""
   # pylint: disable=g-import-not-at-top
-  from crdoco_jax import checkpointing, train
+  from crdoco_jax import train
   from crdoco_jax.models import build_networks
   directory = run_dir(workdir, method, seed)
   if not finished(directory):
     return None
-  config = checkpointing.read_config(directory,
-                                     load_config(config_arg, method))
+  config = _recorded_config(config_arg, method, directory)
   state, _ = train.initial_state(config, directory)
   return config, state, build_networks(config)
 
@@ -400,8 +407,10 @@ def diagnose(config_arg: str, workdir: str, method: str, seed: int
     # An older version's file lacks F_S on the source: redo it, if the
     # run's checkpoints are still there (results copied without them keep
     # what they have).
-    if "f_s_source_miou" in cached or not os.path.isdir(
-        os.path.join(directory, "checkpoints")):
+    redo = "f_s_source_miou" not in cached or (
+        "f_s_ideal_miou" not in cached and _ideal(_recorded_config(
+            config_arg, method, directory)))
+    if not redo or not os.path.isdir(os.path.join(directory, "checkpoints")):
       return cached
   if load_config(config_arg, method).task != "segmentation":
     return None  # before restoring anything
@@ -439,9 +448,36 @@ def diagnose(config_arg: str, workdir: str, method: str, seed: int
       cm += np.asarray(evaluate.confusion_matrix(p, batch["label"][0], c,
                                                  ignore))
     out["f_s_source_miou"] = 100 * evaluate.mean_iou(cm)
+  if _ideal(config):
+    out["f_s_ideal_miou"] = 100 * evaluate.mean_iou(
+        ideal_view_confusion(config, lambda x: task(x, "S")))
   with open(path, "w") as f:
     json.dump(out, f, indent=1)
   return out
+
+
+def _ideal(config) -> bool:
+  return bool(config.translator.get("ideal_t2s", False))
+
+
+def ideal_view_confusion(config, predict_s) -> np.ndarray:
+  """Confusion matrix ``[C, C]`` of ``predict_s`` (images ``[N, H, W, 3]``
+  -> F_S logits ``[N, H, W, C]``) on the target val scenes rendered in the
+  source style (``demo_seg.restyle``): the view a ``translator.ideal_t2s``
+  run gave F_S in training, on the val split."""
+  # pylint: disable=g-import-not-at-top
+  from crdoco_jax import evaluate
+  from crdoco_jax.data import demo_seg
+  c = config.data.num_classes
+  cm = np.zeros((c, c), np.int64)
+  for i, batch in enumerate(_val(config, 32)):
+    y, ignore = batch["label"][0], config.data.ignore_label
+    # Padding examples (ignored in the scores) are rendered as sky.
+    x = demo_seg.restyle(np.where(y == ignore, 0, y),
+                         config.source.builder_config, (config.seed, i, 13))
+    p = np.asarray(predict_s(x)).argmax(-1)
+    cm += np.asarray(evaluate.confusion_matrix(p, y, c, ignore))
+  return cm
 
 
 def figure(config_arg: str, workdir: str, seed: int, num_images: int

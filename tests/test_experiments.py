@@ -203,3 +203,36 @@ def test_runner_on_two_folder_domains(tmp_path):
       os.path.join(workdir, "oracle", "seed_0"), seg.get_config("tiny,oracle"))
   assert restored.target.dir == target and restored.seed == 0
   assert isinstance(restored.target.image_size, tuple)
+
+
+def test_ideal_view_is_the_val_scenes_in_the_source_style(tiny_config):
+  """F_S's view in a translator.ideal_t2s run, on the val split: the
+  target val label maps drawn in the source (flat) palette, so a
+  nearest-source-colour classifier reads them almost perfectly, and the
+  real target images (another palette) poorly."""
+  from crdoco_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from crdoco_jax.data import demo_seg  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  assert config.source.builder_config == "source"
+  palette = demo_seg.SOURCE_PALETTE / 127.5 - 1.0
+  nearest = lambda x: -np.sum((x[..., None, :] - palette) ** 2, axis=-1)
+  ideal = evaluate.mean_iou(experiments.ideal_view_confusion(config,
+                                                             nearest))
+  c = config.data.num_classes
+  real = np.zeros((c, c), np.int64)
+  for batch in experiments._val(config, 32):  # pylint: disable=protected-access
+    real += np.asarray(evaluate.confusion_matrix(
+        nearest(batch["image"][0]).argmax(-1), batch["label"][0], c,
+        config.data.ignore_label))
+  assert ideal > 0.9 and evaluate.mean_iou(real) < 0.5, (
+      ideal, evaluate.mean_iou(real))
+  # The runner's table shows the view's score where every seed has it.
+  run = dict(result=dict(target_miou=50.0), wall_seconds=1.0, returncode=0,
+             diagnostics=dict(f_t_miou=50.0, f_s_translated_miou=40.0,
+                              agreement=90.0, f_s_source_miou=70.0,
+                              f_s_ideal_miou=100 * ideal,
+                              per_class=dict(f_t={"a": 50.0},
+                                             f_s_translated={"a": 40.0})))
+  table = experiments.markdown(experiments.summarize({"crdoco": {0: run}}),
+                               "cmd")
+  assert "| F_S(ideal I_T->S) mIoU |" in table
