@@ -157,3 +157,19 @@ def test_copy_bound_stand_in_changes_only_the_gemm_gradients_inside_it():
   with copy_bound.stand_in():
     assert not close(grads(layers.conv_general_dilated_gemm), exact)
   assert close(grads(layers.conv_general_dilated_gemm), exact)
+
+
+def test_translation_confusion_class_colour_sums_skip_ignored_pixels():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import translation_confusion  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(2, 5, 4, 3))
+  labels = rng.integers(0, 3, (2, 5, 4))
+  labels[0, 0, :] = 255
+  sums = translation_confusion.class_colour_sums(images, labels, 3, 255)
+  for k in range(3):
+    pixels = images[labels == k]
+    np.testing.assert_allclose(sums[k, :3], pixels.sum(0), rtol=1e-6)
+    assert sums[k, 3] == len(pixels)
+  assert sums[:, 3].sum() == labels.size - 4
