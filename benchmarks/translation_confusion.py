@@ -55,12 +55,9 @@ def main(argv):
   names = list(config.data.class_names)
   cms = np.zeros((2, c, c), np.int64)
   translated, real = np.zeros((c, 4)), np.zeros((c, 4))
-  for batch in experiments._val(config, 32):  # pylint: disable=protected-access
-    x, y = batch["image"][0], np.asarray(batch["label"][0])
-    x_ts = t2s(x)
-    for i, p in enumerate((task(x, "T"), task(x_ts, "S"))):
-      cms[i] += np.asarray(evaluate.confusion_matrix(
-          np.asarray(p).argmax(-1), y, c, ignore))
+  for y, p_t, p_s, x_ts in experiments.view_predictions(config, task, t2s):
+    for i, p in enumerate((p_t, p_s)):
+      cms[i] += np.asarray(evaluate.confusion_matrix(p, y, c, ignore))
     translated += class_colour_sums(np.asarray(x_ts), y, c, ignore)
   for batch in experiments._val(config, 32, "source"):  # pylint: disable=protected-access
     real += class_colour_sums(np.asarray(batch["image"][0]),

@@ -390,6 +390,17 @@ def _apply(nets, state):
   return task, t2s
 
 
+def view_predictions(config, task, t2s, batch_size: int = 32):
+  """Per target val batch ``(labels, F_T(I_T) classes, F_S(G_T->S(I_T))
+  classes, G_T->S(I_T))``, the first three ``[N, H, W]`` numpy arrays;
+  ``task, t2s`` from :func:`_apply`."""
+  for batch in _val(config, batch_size):
+    x, y = batch["image"][0], np.asarray(batch["label"][0])
+    x_ts = t2s(x)
+    yield (y, np.asarray(task(x, "T")).argmax(-1),
+           np.asarray(task(x_ts, "S")).argmax(-1), x_ts)
+
+
 
 def diagnose(config_arg: str, workdir: str, method: str, seed: int
              ) -> Optional[Dict[str, float]]:
@@ -422,10 +433,7 @@ def diagnose(config_arg: str, workdir: str, method: str, seed: int
   task, t2s = _apply(nets, state)
   c, ignore = config.data.num_classes, config.data.ignore_label
   cms, agree, labelled = np.zeros((2, c, c), np.int64), 0, 0
-  for batch in _val(config, 32):
-    x, y = batch["image"][0], batch["label"][0]
-    p_t = np.asarray(task(x, "T")).argmax(-1)
-    p_s = np.asarray(task(t2s(x), "S")).argmax(-1)
+  for y, p_t, p_s, _ in view_predictions(config, task, t2s):
     for i, p in enumerate((p_t, p_s)):
       cms[i] += np.asarray(evaluate.confusion_matrix(p, y, c, ignore))
     mask = y != ignore
