@@ -31,9 +31,11 @@ def load_reference(path: str = TORCH_REFERENCE):
   return module
 
 
-def count_step_flops(args) -> dict:
+def build_reference(args):
+  """``(model, x_s, y_s, x_t)``: the reference's networks and random batch
+  (images in [-1, 1], about 10% of labels ignored), as its own main makes
+  them, for ``args``' image size, batch, ngf, blocks, task net, classes."""
   import torch  # pylint: disable=g-import-not-at-top
-  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
   ref = load_reference()
   torch.manual_seed(0)
   model = ref.CrDoCo(args.ngf, args.gen_blocks, args.task_net,
@@ -42,6 +44,14 @@ def count_step_flops(args) -> dict:
   x_s = torch.rand(n, 3, s, s) * 2 - 1
   x_t = torch.rand(n, 3, s, s) * 2 - 1
   y_s = torch.randint(0, c, (n, s, s))
+  y_s[torch.rand(n, s, s) < 0.1] = 255
+  return model, x_s, y_s, x_t
+
+
+def count_step_flops(args) -> dict:
+  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
+  model, x_s, y_s, x_t = build_reference(args)
+  n, s, c = args.batch, args.image_size, args.num_classes
   counter = FlopCounterMode(display=False)
   with counter:
     model.train_step(x_s, y_s, x_t)

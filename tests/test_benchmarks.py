@@ -97,6 +97,26 @@ def test_torch_flops_counts_convolutions_linear_in_batch():
   assert two["flops_per_step"] == 2 * one["flops_per_step"]
 
 
+def test_interleaved_torch_child_runs_one_reference_step_per_request():
+  pytest.importorskip("torch")
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import step_time  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(step_time.TORCH_REFERENCE):
+    pytest.skip(f"no PyTorch reference at {step_time.TORCH_REFERENCE}")
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks",
+                                    "interleaved_vs_torch.py"),
+       "--torch-child", "--image-size", "32", "--batch", "1", "--ngf", "4",
+       "--gen-blocks", "1", "--task-net", "resnet18", "--num-classes", "3"],
+      input="step\nstep\nstop\nstep\n", capture_output=True, text=True,
+      check=True, timeout=300, cwd=ROOT).stdout.splitlines()
+  # Two steps, then the child stops at the first other line.
+  assert out[0] == "ready" and len(out) == 3, out
+  for line in out[1:]:
+    r = json.loads(line)
+    assert r["seconds"] > 0 and r["finite"]
+
+
 def test_swap_translators_splices_two_checkpoints(tmp_path):
   # pylint: disable=g-import-not-at-top
   import jax
