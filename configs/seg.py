@@ -116,6 +116,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       feat_adv=0.001,          # AdaptSegNet lambda_adv_target2 (main head)
       img_adv=1.0,             # CycleGAN
       rec=10.0,                # CycleGAN lambda_A = lambda_B
+      # Not CycleGAN's: >1 compares cycle reconstructions as cycle_pool x
+      # cycle_pool means (layout and colours, not a dropped texture's
+      # realisation; losses.cycle_loss).
+      cycle_pool=1,
       identity=0.0,            # CycleGAN's default: 0.5 * rec (off here)
       img_gan="lsgan",
       feat_gan="bce",

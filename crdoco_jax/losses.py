@@ -329,8 +329,24 @@ def discriminator_loss(real_pred: Array, fake_pred: Array,
 
 
 # ------------------------------------------------------------ reconstruction
-def cycle_loss(image: Array, reconstruction: Array) -> Array:
-  """Cycle reconstruction ``mean|x - G_B(G_A(x))|`` over ``[N, H, W, 3]``."""
+def cycle_loss(image: Array, reconstruction: Array, pool: int = 1) -> Array:
+  """Cycle reconstruction ``mean|x - G_B(G_A(x))|`` over ``[N, H, W, C]``.
+
+  ``pool > 1`` (not CycleGAN's): the L1 between ``pool x pool`` means of
+  both images, so the cycle asks for the layout and colours back but not
+  for the realisation of a texture or noise that the translation dropped
+  (which no translator can recover; penalising it pulls the translator
+  that must invent them towards their mean). ``H`` and ``W`` must be
+  multiples of ``pool``.
+  """
+  if pool > 1:
+    n, h, w, c = image.shape
+    if h % pool or w % pool:
+      raise ValueError(f"loss.cycle_pool={pool} must divide the image size "
+                       f"{h}x{w}.")
+    mean = lambda x: _f32(x).reshape(n, h // pool, pool, w // pool, pool,
+                                     c).mean((2, 4))
+    image, reconstruction = mean(image), mean(reconstruction)
   return l1_loss(reconstruction, image)[0]
 
 

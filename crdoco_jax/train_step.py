@@ -226,8 +226,9 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                           + img_adv(D_img(frames(x_ts), "S")))
       if x_sts is None:
         x_sts = G(x_st, "T2S")
-      terms["rec"] = (losses.cycle_loss(x_s, x_sts)
-                      + losses.cycle_loss(x_t, G(x_ts, "S2T")))
+      cycle = functools.partial(losses.cycle_loss,
+                                pool=w.get("cycle_pool", 1))
+      terms["rec"] = cycle(x_s, x_sts) + cycle(x_t, G(x_ts, "S2T"))
       if w.identity > 0:
         terms["identity"] = (losses.identity_loss(x_t, G(x_t, "S2T"))
                              + losses.identity_loss(x_s, G(x_s, "T2S")))

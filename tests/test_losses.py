@@ -254,6 +254,26 @@ def test_cycle_and_identity():
                              rtol=1e-5)
 
 
+def test_pooled_cycle_ignores_zero_mean_detail_within_a_window():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 4, 6, 3)).astype(np.float32)
+  # Detail that sums to zero over every 2x2 window: invisible to pool=2.
+  checker = np.indices((4, 6)).sum(0) % 2 * 2.0 - 1.0
+  detail = x + 0.5 * checker[None, :, :, None]
+  assert float(losses.cycle_loss(x, detail)) > 0.4
+  assert float(losses.cycle_loss(x, detail, pool=2)) < 1e-6
+  shifted = x + 0.3
+  np.testing.assert_allclose(losses.cycle_loss(x, shifted, pool=2), 0.3,
+                             rtol=1e-5)
+  # pool 2: the L1 of the 2x2 means, by hand.
+  y = rng.normal(size=x.shape).astype(np.float32)
+  means = lambda a: a.reshape(2, 2, 2, 3, 2, 3).mean((2, 4))
+  np.testing.assert_allclose(losses.cycle_loss(x, y, pool=2),
+                             np.abs(means(x) - means(y)).mean(), rtol=1e-5)
+  with pytest.raises(ValueError, match="cycle_pool=4"):
+    losses.cycle_loss(x, y, pool=4)
+
+
 # ------------------------------------------------------------- transforms
 def test_gradients_numerically():
   a = random_logits((1, 2, 2, 3), 1.0).astype(np.float64)

@@ -171,6 +171,23 @@ def test_ideal_translation_replaces_f_s_view_only(tiny_config):
       assert metrics[0][f"loss_{term}"] == metrics[1][f"loss_{term}"], term
 
 
+def test_cycle_pool_changes_only_the_cycle_term(tiny_config):
+  """loss.cycle_pool: the cycle term compares pooled images (never more than
+  the pixel L1: the mean of |d| >= |mean of d|); every other term stays."""
+  host_state = state_lib.create_train_state(
+      tiny_config, models.build_networks(tiny_config), jax.random.PRNGKey(0))
+  batch = parallel.shard(input_pipeline.TrainBatches(tiny_config).batch(0))
+  pooled = seg.get_config("tiny")
+  pooled.data.tfds_data_dir = tiny_config.data.tfds_data_dir
+  pooled.loss.cycle_pool = 4
+  base, new = (steps.one_step(config, parallel.replicate(host_state), batch)[1]
+               for config in (tiny_config, pooled))
+  assert 0 < float(new["loss_rec"][0]) < float(base["loss_rec"][0])
+  for k in base:
+    if k not in ("loss_rec", "loss_total"):
+      np.testing.assert_allclose(new[k], base[k], rtol=1e-6, err_msg=k)
+
+
 def test_remat_options_leave_the_step_unchanged(tiny_config):
   # Rematerialisation trades memory for recomputation; the maths and the
   # parameter names (so checkpoints) are the same.
