@@ -1,25 +1,28 @@
-r"""JAX and the PyTorch reference step alternated, pair by pair; one JSON line.
+r"""JAX and the PyTorch reference step in alternating blocks; one JSON line.
 
 ``step_time.py --vs-torch`` times all of JAX's steps, then all of
 PyTorch's. On a host whose speed drifts over minutes (PyTorch's own step
 moved 21-34% between runs minutes apart in session 30, README "Speed"),
 that ratio measures the drift as well as the libraries. Here a child
 process holds the reference's networks and batch
-(../shared/bench/torch_crdoco_step.py) and the parent alternates one JAX
-step with one PyTorch step, so the two steps of a pair see the same
-machine. Reported: each library's step times and median, every pair's
-JAX / PyTorch ratio and the median of those ratios. The child is idle (a
-blocking read) while JAX runs, and JAX is idle while the child runs.
+(../shared/bench/torch_crdoco_step.py) and the parent alternates blocks of
+``--block`` JAX steps and ``--block`` PyTorch steps for ``--rounds``
+rounds, so the two blocks of a round see the same machine. The first step
+of every block is not timed: a step that follows the other library's (or
+any idle spell of seconds) runs slower than back-to-back steps do (JAX at
+the reference defaults: 3-10%, session 31), and training runs back to
+back. Reported: each library's timed steps and median, every round's JAX
+/ PyTorch ratio of block medians and the median of those ratios. Each
+process is idle (a blocking read) while the other runs.
 
   python benchmarks/interleaved_vs_torch.py --subpixel --conv gemm \
-      --steps 15 --warmup 1
+      --rounds 6 --block 3
   python benchmarks/interleaved_vs_torch.py --task-net resnet18 \
       --image-size 64 --batch 1 --gen-blocks 6 --ngf 32 --subpixel \
-      --conv gemm --steps 30 --warmup 2
+      --conv gemm --rounds 10 --block 4
 
 Takes step_time.py's flags (the architecture must be the reference's, as
-for ``--vs-torch``); ``--pause`` seconds of sleep before every timed step
-let the other library's worker threads stop spinning.
+for ``--vs-torch``; ``--steps`` and ``--warmup`` are not used).
 """
 import json
 import os
@@ -52,27 +55,33 @@ def torch_child(args) -> None:
 
 
 def _parse(argv):
-  pause = 0.5
-  if "--pause" in argv:
-    i = argv.index("--pause")
-    pause = float(argv[i + 1])
-    argv = argv[:i] + argv[i + 2:]
+  """``(step_time args, rounds, block)``; ``--rounds R --block B`` taken
+  out of ``argv`` first."""
+  extra = dict(rounds=6, block=3)
+  for name in list(extra):
+    flag = f"--{name}"
+    if flag in argv:
+      i = argv.index(flag)
+      extra[name] = int(argv[i + 1])
+      argv = argv[:i] + argv[i + 2:]
+  if extra["block"] < 2:
+    raise SystemExit("--block must be at least 2 (its first step is not "
+                     "timed).")
   args = step_time.parse_args(argv + ["--vs-torch"])
   args.image_size = args.source_size[0]
   args.batch_total = args.batch * args.devices
-  return args, pause
+  return args, extra["rounds"], extra["block"]
 
 
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == CHILD:
-    args, _ = _parse(argv[1:])
+    args, _, _ = _parse(argv[1:])
     args.batch = args.batch_total
     torch_child(args)
     return
-  args, pause = _parse(argv)
+  args, rounds, block = _parse(argv)
   import jax
-  steps, warmup = args.steps, args.warmup
   args.steps, args.warmup = 1, 0  # run_jax compiles and runs one step
   result, (compiled, state, batch) = step_time.run_jax(args,
                                                        return_compiled=True)
@@ -98,31 +107,29 @@ def main(argv=None):
       jax.block_until_ready(metrics)
       return time.perf_counter() - t0
 
-    times = dict(jax=[], torch=[])
-    for i in range(warmup + steps):
-      pair = {}
+    times, ratios = dict(jax=[], torch=[]), []
+    for _ in range(rounds):
+      medians = {}
       for name, step in (("jax", jax_step), ("torch", torch_step)):
-        time.sleep(pause)
-        pair[name] = step()
-      if i >= warmup:
-        for name, seconds in pair.items():
-          times[name].append(seconds)
+        timed = [step() for _ in range(block)][1:]
+        times[name] += timed
+        medians[name] = statistics.median(timed)
+      ratios.append(medians["jax"] / medians["torch"])
   finally:
     child.stdin.close()
     child.wait(timeout=60)
-  ratios = [j / t for j, t in zip(times["jax"], times["torch"])]
   out = {k: result[k] for k in ("jax_version", "device", "source_size",
                                 "batch", "ngf", "gen_blocks", "task_net",
                                 "num_classes", "subpixel", "conv",
                                 "batch_passes", "params_total",
                                 "compile_s")}
   out.update(
-      steps=steps, warmup=warmup, pause_s=pause,
+      rounds=rounds, block=block,
       jax_step_seconds=times["jax"], torch_step_seconds=times["torch"],
       jax_median_step_s=statistics.median(times["jax"]),
       torch_median_step_s=statistics.median(times["torch"]),
-      pair_ratios=ratios, median_pair_ratio=statistics.median(ratios),
-      pairs_jax_faster=sum(r < 1 for r in ratios),
+      round_ratios=ratios, median_round_ratio=statistics.median(ratios),
+      rounds_jax_faster=sum(r < 1 for r in ratios),
       loadavg=os.getloadavg())
   print(json.dumps(out))
 
