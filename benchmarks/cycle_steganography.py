@@ -31,15 +31,15 @@ from absl import flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 from crdoco_jax import evaluate
 from crdoco_jax import experiments
 
-# --config and --workdir are the runner's own flags (crdoco_jax.experiments).
+import finished_run
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("method", "no_consistency", "A method with translators.")
-flags.DEFINE_integer("seed", 0, "Which seed's run.")
 flags.DEFINE_list("sigmas", ["0", "0.01", "0.03", "0.1", "0.3"],
                   "Noise stds, images in [-1, 1].")
 
@@ -55,12 +55,7 @@ def with_noise(x: np.ndarray, sigma: float, rng: np.random.Generator
 
 def main(argv):
   del argv
-  loaded = experiments.load_run(FLAGS.config, FLAGS.workdir, FLAGS.method,
-                                FLAGS.seed)
-  if loaded is None or loaded[1].translator is None:
-    raise SystemExit(f"{FLAGS.workdir}: no finished {FLAGS.method} run of "
-                     f"seed {FLAGS.seed} with translators.")
-  config, state, nets = loaded
+  config, state, nets = finished_run.load()
   task, t2s = experiments._apply(nets, state)  # pylint: disable=protected-access
   s2t = jax.jit(lambda x: nets.translator.apply(
       {"params": state.translator.params}, x, "S2T"))

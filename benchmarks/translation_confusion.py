@@ -22,14 +22,14 @@ from absl import flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from crdoco_jax import evaluate
 from crdoco_jax import experiments
 
-# --config and --workdir are the runner's own flags (crdoco_jax.experiments).
+import finished_run
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("method", "no_consistency", "A method with translators.")
-flags.DEFINE_integer("seed", 0, "Which seed's run.")
 
 
 def class_colour_sums(images: np.ndarray, labels: np.ndarray, c: int,
@@ -44,12 +44,7 @@ def class_colour_sums(images: np.ndarray, labels: np.ndarray, c: int,
 
 def main(argv):
   del argv
-  loaded = experiments.load_run(FLAGS.config, FLAGS.workdir, FLAGS.method,
-                                FLAGS.seed)
-  if loaded is None or loaded[1].translator is None:
-    raise SystemExit(f"{FLAGS.workdir}: no finished {FLAGS.method} run of "
-                     f"seed {FLAGS.seed} with translators.")
-  config, state, nets = loaded
+  config, state, nets = finished_run.load()
   task, t2s = experiments._apply(nets, state)  # pylint: disable=protected-access
   c, ignore = config.data.num_classes, config.data.ignore_label
   names = list(config.data.class_names)
