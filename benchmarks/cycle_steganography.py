@@ -33,7 +33,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax
 from crdoco_jax import evaluate
 from crdoco_jax import experiments
 
@@ -57,8 +56,7 @@ def main(argv):
   del argv
   config, state, nets = finished_run.load()
   task, t2s = experiments._apply(nets, state)  # pylint: disable=protected-access
-  s2t = jax.jit(lambda x: nets.translator.apply(
-      {"params": state.translator.params}, x, "S2T"))
+  s2t = experiments._translator(nets, state, "S2T")  # pylint: disable=protected-access
   c, ignore = config.data.num_classes, config.data.ignore_label
   classes = lambda x, domain: np.asarray(task(x, domain)).argmax(-1)
   cm = lambda p, y: np.asarray(evaluate.confusion_matrix(p, y, c, ignore))

@@ -385,9 +385,14 @@ def _apply(nets, state):
   task = jax.jit(lambda x, domain: nets.task.apply(
       {"params": state.task.params, "batch_stats": state.task.batch_stats},
       x, domain, train=False)["main"], static_argnums=1)
-  t2s = jax.jit(lambda x: nets.translator.apply(
-      {"params": state.translator.params}, x, "T2S"))
-  return task, t2s
+  return task, _translator(nets, state, "T2S")
+
+
+def _translator(nets, state, direction: str):
+  """Jitted ``G_{direction}`` (``'S2T'`` or ``'T2S'``) of a run's state."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda x: nets.translator.apply(
+      {"params": state.translator.params}, x, direction))
 
 
 def view_predictions(config, task, t2s, batch_size: int = 32):
@@ -399,7 +404,6 @@ def view_predictions(config, task, t2s, batch_size: int = 32):
     x_ts = t2s(x)
     yield (y, np.asarray(task(x, "T")).argmax(-1),
            np.asarray(task(x_ts, "S")).argmax(-1), x_ts)
-
 
 
 def diagnose(config_arg: str, workdir: str, method: str, seed: int
