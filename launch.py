@@ -22,6 +22,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from crdoco_jax import host_allocator
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/seg.py:demo.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, results.")
@@ -123,4 +125,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_allocator.reexec_with_huge_pages()
   app.run(main)

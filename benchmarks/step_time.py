@@ -23,19 +23,24 @@ optimizers and loss weights), so both time identical work. Reported: median
 step time after compilation, images/s (source + target images per second),
 compile time, FLOPs per step and achieved FLOP/s from XLA's cost analysis,
 peak memory from the compiled executable's memory analysis, and the device's
-own peak where the platform reports it.
+own peak where the platform reports it. On CPU, the process's user and
+system CPU seconds per step and the cores they kept busy
+(``(user + sys) / wall``) tell an idle core from slower work.
 """
 import argparse
 import contextlib
 import fcntl
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+from crdoco_jax import host_allocator
 
 TORCH_REFERENCE = os.environ.get("CRDOCO_TORCH_REFERENCE", os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench",
@@ -187,6 +192,26 @@ def exclusive(path):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def measured(fn):
+  """``(fn(), record)``: ``record`` holds the call's wall seconds and this
+  process's user and system CPU seconds over it (all threads)."""
+  r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+  out = fn()
+  wall = time.perf_counter() - t0
+  r1 = resource.getrusage(resource.RUSAGE_SELF)
+  return out, dict(wall=wall, user=r1.ru_utime - r0.ru_utime,
+                   sys=r1.ru_stime - r0.ru_stime)
+
+
+def cpu_summary(records) -> dict:
+  """Medians over per-step ``measured`` records: CPU seconds per step and
+  cores busy."""
+  med = lambda f: statistics.median(f(r) for r in records)
+  return dict(cpu_user_s_per_step=med(lambda r: r["user"]),
+              cpu_sys_s_per_step=med(lambda r: r["sys"]),
+              cores_busy=med(lambda r: (r["user"] + r["sys"]) / r["wall"]))
+
+
 def run_jax(args, return_compiled=False, timing=None):
   """Compiles (and unless --compile-only, times) the step. `timing`: an
   ExitStack that takes the --time-lock just before the timed steps and
@@ -251,6 +276,7 @@ def run_jax(args, return_compiled=False, timing=None):
   result = dict(
       impl="jax", jax_version=jax.__version__,
       device=devices[0].device_kind, platform=devices[0].platform,
+      glibc_tunables=os.environ.get("GLIBC_TUNABLES"),
       devices=n, preset=args.preset, source_size=[hs, ws],
       target_size=[ht, wt], image_size=hs if (hs, ws) == (ht, wt) == (hs, hs)
       else None, batch=b, ngf=args.ngf, gen_blocks=args.gen_blocks,
@@ -269,24 +295,34 @@ def run_jax(args, return_compiled=False, timing=None):
 
   if timing is not None:
     timing.enter_context(exclusive(args.time_lock))
-  times = []
+  records = []
   for i in range(args.warmup + args.steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
+    (state, metrics), record = measured(
+        lambda: jax.block_until_ready(compiled(state, batch)))
     if i >= args.warmup:
-      times.append(time.perf_counter() - t0)
+      records.append(record)
     losses = {k: float(v[0]) for k, v in metrics.items()}
     assert all(np.isfinite(list(losses.values()))), losses
+  times = [r["wall"] for r in records]
   median = statistics.median(times)
   stats = devices[0].memory_stats() or {}
   result.update(
-      step_seconds=times, median_step_s=median,
+      step_seconds=times, median_step_s=median, **cpu_summary(records),
       images_per_s=2 * b * n / median, flops_per_s=flops / median,
       peak_bytes_in_use=stats.get("peak_bytes_in_use"), last_losses=losses)
   if return_compiled:
     return result, (compiled, state, batch)
   return result
+
+
+def torch_environment(tunables=""):
+  """The PyTorch reference's environment: this process's, with
+  ``GLIBC_TUNABLES=tunables`` ('' unsets it: PyTorch as its users run it,
+  not with the tunable this process re-executed itself with)."""
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  if tunables:
+    env["GLIBC_TUNABLES"] = tunables
+  return env
 
 
 def run_torch(args):
@@ -296,7 +332,8 @@ def run_torch(args):
          "--gen-blocks", str(args.gen_blocks), "--task-net", args.task_net,
          "--num-classes", str(args.num_classes), "--steps", str(args.steps),
          "--warmup", str(args.warmup), "--device", args.torch_device]
-  out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                       env=torch_environment())
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -318,4 +355,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_allocator.reexec_with_huge_pages()
   main()

@@ -26,6 +26,8 @@ def test_step_time_runs_and_prints_json(tmp_path):
            "--time-lock", str(tmp_path / "lock"))
   assert r["median_step_s"] > 0 and len(r["step_seconds"]) == 1
   assert r["batch_passes"]
+  assert r["cpu_user_s_per_step"] + r["cpu_sys_s_per_step"] > 0
+  assert r["cores_busy"] > 0
   assert r["peak_bytes_compiled"] > 0 and r["params_total"] > 0
   assert r["source_size"] == r["target_size"] == [32, 32]
 
@@ -114,7 +116,9 @@ def test_interleaved_torch_child_runs_one_reference_step_per_request():
   assert out[0] == "ready" and len(out) == 3, out
   for line in out[1:]:
     r = json.loads(line)
-    assert r["seconds"] > 0 and r["finite"]
+    assert r["wall"] > 0 and r["finite"]
+    # The reference's step is all compute: it used some CPU time.
+    assert r["user"] + r["sys"] > 0
 
 
 def test_swap_translators_splices_two_checkpoints(tmp_path):
