@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import step_time  # pylint: disable=g-import-not-at-top,wrong-import-position
+from crdoco_jax import host_allocator  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def classify(hlo_text):
@@ -164,4 +165,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_allocator.reexec_with_huge_pages()
   main()
