@@ -1,13 +1,13 @@
 """Transparent huge pages for the host's large buffers (glibc malloc).
 
 XLA:CPU allocates every execution's temporary buffer with malloc (262 MB
-for the small benchmark step, more at the reference sizes) and frees it
-when the step ends. glibc serves an allocation this large from worker
-threads with a fresh mmap, so each step faults in and zeroes every 4 KiB
-page again: 64k page faults and a quarter of a 0.5 s step in system time
+for the small benchmark step) and frees it when the step ends. glibc
+serves an allocation this large from worker threads with a fresh mmap,
+so each step faults in and zeroes every 4 KiB page again: 64k page
+faults and 0.13 s of system time per 0.52 s step
 (docs/performance_log.md, session 33). glibc's ``glibc.malloc.hugetlb=1``
 tunable makes malloc ask for transparent huge pages (2 MiB) on such
-mappings, 512 times fewer faults. Tunables are read when a process starts,
+mappings: 209 faults per step. Tunables are read when a process starts,
 so the entry points re-execute themselves with it before importing
 anything heavy. Setting ``glibc.malloc.hugetlb`` yourself in
 ``GLIBC_TUNABLES`` (``=0`` to turn it off) leaves the process as it is.
