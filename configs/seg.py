@@ -120,6 +120,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # cycle_pool means (layout and colours, not a dropped texture's
       # realisation; losses.cycle_loss).
       cycle_pool=1,
+      # Not CycleGAN's: >0 weighs each source pixel of the cycle loss by
+      # f_c^-power, f_c its label's class share in the batch (mean weight 1;
+      # losses.label_balance_weights), so that a small class merged into a
+      # large one costs the cycle its share. 0 = the plain pixel mean.
+      cycle_class_balance=0.0,
       identity=0.0,            # CycleGAN's default: 0.5 * rec (off here)
       img_gan="lsgan",
       feat_gan="bce",

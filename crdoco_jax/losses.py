@@ -230,6 +230,41 @@ def class_balance_weights(logits_a: Array, logits_b: Array,
   return weights / jnp.mean(weights)
 
 
+def label_shares(labels: Array, num_classes: int,
+                 ignore_label: int = 255) -> Array:
+  """``[C]`` share of each class among the valid pixels of ``labels``
+  (``[...]`` integer ids or ``ignore_label``); all 0 if none is valid."""
+  counts = jnp.sum(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+                   * (labels != ignore_label)[..., None],
+                   axis=tuple(range(labels.ndim)))
+  return counts / jnp.maximum(jnp.sum(counts), 1.0)
+
+
+def label_balance_weights(labels: Array, num_classes: int, power: float,
+                          ignore_label: int = 255) -> Array:
+  """Per-pixel weights ``f_c**-power`` from the labels' own class shares
+  ``f`` (over the batch), normalised to mean 1 over the valid pixels;
+  ignored pixels weigh 1. ``power=1`` gives every class present the same
+  total weight, ``0`` all pixels 1.
+
+  For the source side of the cycle loss (``loss.cycle_class_balance``):
+  a plain pixel mean lets a translator pair merge a small class into a
+  large neighbour (cars into road on the demo) at almost no cost, since
+  its pixels are few. Not CycleGAN's or the paper's.
+
+  Args:
+    labels: ``[N, H, W]`` integer class ids or ``ignore_label``.
+  Returns:
+    ``[N, H, W]`` float32 weights, no gradient.
+  """
+  valid = labels != ignore_label
+  share = label_shares(labels, num_classes, ignore_label)
+  per_class = jnp.where(share > 0, jnp.maximum(share, 1e-12) ** -power, 0.0)
+  w = per_class[jnp.where(valid, labels, 0)]
+  mean = jnp.sum(jnp.where(valid, w, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+  return jnp.where(valid, w / jnp.maximum(mean, 1e-12), 1.0)
+
+
 def class_prior_loss(logits: Array, labels: Array, num_classes: int,
                      ignore_label: int = 255, eps: float = 1e-6) -> Array:
   """KL(prior || mean prediction): how far the share of each class in an
@@ -251,10 +286,7 @@ def class_prior_loss(logits: Array, labels: Array, num_classes: int,
   Returns:
     Scalar float32 (0 if ``labels`` holds no valid pixel).
   """
-  counts = jnp.sum(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-                   * (labels != ignore_label)[..., None],
-                   axis=tuple(range(labels.ndim)))
-  prior = counts / jnp.maximum(jnp.sum(counts), 1.0)
+  prior = label_shares(labels, num_classes, ignore_label)
   m = jnp.mean(jax.nn.softmax(_f32(logits), -1),
                axis=tuple(range(logits.ndim - 1)))
   return jnp.sum(prior * (jnp.log(prior + eps) - jnp.log(m + eps)))
@@ -329,8 +361,12 @@ def discriminator_loss(real_pred: Array, fake_pred: Array,
 
 
 # ------------------------------------------------------------ reconstruction
-def cycle_loss(image: Array, reconstruction: Array, pool: int = 1) -> Array:
+def cycle_loss(image: Array, reconstruction: Array, pool: int = 1,
+               weights: Optional[Array] = None) -> Array:
   """Cycle reconstruction ``mean|x - G_B(G_A(x))|`` over ``[N, H, W, C]``.
+
+  ``weights`` (``[N, H, W]``, mean 1; e.g. ``label_balance_weights``)
+  weigh each pixel's error; with ``pool > 1`` they are pooled alike.
 
   ``pool > 1`` (not CycleGAN's): the L1 between ``pool x pool`` means of
   both images, so the cycle asks for the layout and colours back but not
@@ -345,9 +381,14 @@ def cycle_loss(image: Array, reconstruction: Array, pool: int = 1) -> Array:
       raise ValueError(f"loss.cycle_pool={pool} must divide the image size "
                        f"{h}x{w}.")
     mean = lambda x: _f32(x).reshape(n, h // pool, pool, w // pool, pool,
-                                     c).mean((2, 4))
+                                     -1).mean((2, 4))
     image, reconstruction = mean(image), mean(reconstruction)
-  return l1_loss(reconstruction, image)[0]
+    if weights is not None:
+      weights = mean(weights[..., None])[..., 0]
+  if weights is None:
+    return l1_loss(reconstruction, image)[0]
+  diff = jnp.mean(jnp.abs(_f32(reconstruction) - _f32(image)), axis=-1)
+  return jnp.mean(jax.lax.stop_gradient(_f32(weights)) * diff)
 
 
 def identity_loss(image: Array, same_domain_translation: Array) -> Array:

@@ -45,6 +45,9 @@ class Task(NamedTuple):
   # (out, source labels) -> scalar class-prior term (loss.class_prior);
   # None where the task has no classes.
   class_prior: Optional[Callable[[Array, Any], Array]]
+  # (source labels, power) -> [N, H, W] pixel weights of the source-side
+  # cycle loss (loss.cycle_class_balance); None where the task has no classes.
+  cycle_weights: Optional[Callable[[Any, float], Array]]
   predict: Callable[[Array], Array]           # out -> ids / metres / pixels
   # (out, eval batch) -> pytree of sums over the batch (psum-able).
   eval_sums: Callable[[Array, Dict[str, Array]], Any]
@@ -96,6 +99,11 @@ def _check_regression_loss(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"loss.class_prior={config.loss.class_prior} matches class shares; "
         f"the {config.task} task has none. Leave it at 0.")
+  if config.loss.get("cycle_class_balance", 0.0):
+    raise ValueError(
+        f"loss.cycle_class_balance={config.loss.cycle_class_balance} weighs "
+        f"the cycle by the source labels' classes; the {config.task} task "
+        "has none. Leave it at 0.")
 
 
 def _regression_labels(batch, domain):
@@ -171,6 +179,8 @@ def segmentation(config: ml_collections.ConfigDict) -> Task:
       disc_input=lambda out: jax.nn.softmax(out, axis=-1),
       class_prior=lambda out, y: losses.class_prior_loss(out, y, classes,
                                                          ignore),
+      cycle_weights=lambda y, power: losses.label_balance_weights(
+          y, classes, power, ignore),
       predict=argmax,
       eval_sums=lambda out, batch: evaluate.confusion_matrix(
           argmax(evaluate.upsample_to(out, batch["label"].shape[1:3])),
@@ -231,7 +241,8 @@ def depth(config: ml_collections.ConfigDict) -> Task:
   return Task(
       name="depth", frames=1, labels=_regression_labels,
       supervised=supervised, consistency=_consistency_l1,
-      disc_input=normalise, class_prior=None, predict=predict, eval_sums=eval_sums,
+      disc_input=normalise, class_prior=None, cycle_weights=None,
+      predict=predict, eval_sums=eval_sums,
       draw=lambda x, valid: visualize.colorize_depth(
           x[..., 0], valid, d.min_depth, d.max_depth),
       **_regression_report(evaluate.depth_metrics))
@@ -252,7 +263,8 @@ def flow(config: ml_collections.ConfigDict) -> Task:
   return Task(
       name="flow", frames=2, labels=_regression_labels,
       supervised=supervised, consistency=_consistency_l1,
-      disc_input=lambda out: out, class_prior=None, predict=predict,
+      disc_input=lambda out: out, class_prior=None, cycle_weights=None,
+      predict=predict,
       eval_sums=lambda out, batch: evaluate.flow_metric_sums(
           predict(out), batch["label"], batch["valid"]),
       draw=lambda x, valid: visualize.flow_to_color(x, valid, scale),

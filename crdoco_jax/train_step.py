@@ -228,7 +228,11 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         x_sts = G(x_st, "T2S")
       cycle = functools.partial(losses.cycle_loss,
                                 pool=w.get("cycle_pool", 1))
-      terms["rec"] = cycle(x_s, x_sts) + cycle(x_t, G(x_ts, "S2T"))
+      # Not CycleGAN's: source pixels weighed by their label's class share.
+      balance = w.get("cycle_class_balance", 0.0)
+      w_s = task.cycle_weights(y_s, balance) if balance else None
+      terms["rec"] = (cycle(x_s, x_sts, weights=w_s)
+                      + cycle(x_t, G(x_ts, "S2T")))
       if w.identity > 0:
         terms["identity"] = (losses.identity_loss(x_t, G(x_t, "S2T"))
                              + losses.identity_loss(x_s, G(x_s, "T2S")))

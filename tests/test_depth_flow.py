@@ -142,6 +142,9 @@ def test_depth_eval_crop_masks_match_numpy_slicing():
   config.loss.update(consistency_mean="pixel", class_prior=0.1)
   with pytest.raises(ValueError, match="class_prior=0.1"):
     tasks.get_task(config)
+  config.loss.update(class_prior=0.0, cycle_class_balance=0.5)
+  with pytest.raises(ValueError, match="cycle_class_balance=0.5"):
+    tasks.get_task(config)
 
 
 def test_depth_task_eval_counts_only_the_crop():

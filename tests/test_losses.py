@@ -274,6 +274,47 @@ def test_pooled_cycle_ignores_zero_mean_detail_within_a_window():
     losses.cycle_loss(x, y, pool=4)
 
 
+def test_label_balance_weights_match_numpy():
+  labels = np.array([[[0, 0, 0, 0], [0, 0, 1, 1], [2, 255, 0, 0]]])
+  got = np.asarray(losses.label_balance_weights(jnp.asarray(labels), 4, 1.0))
+  valid = labels != 255
+  share = np.bincount(labels[valid], minlength=4) / valid.sum()  # 8, 2, 1 of 11
+  want = np.where(valid, 1 / share[np.where(valid, labels, 0)], 1.0)
+  want[valid] /= want[valid].mean()
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert got[0, 2, 1] == 1.0  # ignored
+  # power 1: each class present holds the same total weight.
+  totals = [got[labels == c].sum() for c in range(3)]
+  np.testing.assert_allclose(totals, totals[0], rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.label_balance_weights(jnp.asarray(labels), 4, 0.0), 1.0)
+
+
+def test_balanced_cycle_weighs_a_merged_small_class_up():
+  """A reconstruction that paints the one small-class pixel in the large
+  class's colour costs the balanced cycle more than the plain one; with
+  unit weights the weighted form is the plain L1."""
+  labels = np.zeros((1, 4, 4), np.int32)
+  labels[0, 1, 1] = 1
+  x = np.where(labels[..., None] == 1, 1.0, -1.0).astype(np.float32)
+  x = np.repeat(x, 3, -1)
+  merged = -np.ones_like(x)  # the small class painted as the large one
+  w = losses.label_balance_weights(jnp.asarray(labels), 2, 1.0)
+  plain = float(losses.cycle_loss(x, merged))
+  np.testing.assert_allclose(plain, 2 / 16, rtol=1e-6)
+  # Shares 15/16 and 1/16: weights 8/15 and 8 (mean 1), so the small
+  # pixel's error 2 weighs 8 x 2 / 16 pixels.
+  np.testing.assert_allclose(losses.cycle_loss(x, merged, weights=w), 1.0,
+                             rtol=1e-5)
+  y = random_logits(x.shape)
+  np.testing.assert_allclose(
+      losses.cycle_loss(x, y, weights=jnp.ones(labels.shape)),
+      losses.cycle_loss(x, y), rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.cycle_loss(x, y, pool=2, weights=jnp.ones(labels.shape)),
+      losses.cycle_loss(x, y, pool=2), rtol=1e-6)
+
+
 # ------------------------------------------------------------- transforms
 def test_gradients_numerically():
   a = random_logits((1, 2, 2, 3), 1.0).astype(np.float64)

@@ -171,23 +171,30 @@ def test_ideal_translation_replaces_f_s_view_only(tiny_config):
       assert metrics[0][f"loss_{term}"] == metrics[1][f"loss_{term}"], term
 
 
-def test_cycle_pool_changes_only_the_cycle_term(tiny_config):
+def test_cycle_options_change_only_the_cycle_term(tiny_config):
   """loss.cycle_pool: the cycle term compares pooled images (never more than
-  the pixel L1: the mean of |d| >= |mean of d|); every other term stays."""
+  the pixel L1: the mean of |d| >= |mean of d|). loss.cycle_class_balance:
+  the source side weighs pixels by class (another value). Every other term
+  stays."""
   host_state = state_lib.create_train_state(
       tiny_config, models.build_networks(tiny_config), jax.random.PRNGKey(0))
   batch = parallel.shard(input_pipeline.TrainBatches(tiny_config).batch(0))
-  pooled = seg.get_config("tiny")
-  pooled.data.tfds_data_dir = tiny_config.data.tfds_data_dir
-  pooled.loss.cycle_pool = 4
+  configs = [tiny_config]
+  for key, value in (("cycle_pool", 4), ("cycle_class_balance", 1.0)):
+    configs.append(seg.get_config("tiny"))
+    configs[-1].data.tfds_data_dir = tiny_config.data.tfds_data_dir
+    configs[-1].loss[key] = value
   # The translators' pretraining step has the cycle and compiles fastest.
-  base, new = (steps.one_step(config, parallel.replicate(host_state), batch,
-                              "translator")[1]
-               for config in (tiny_config, pooled))
-  assert 0 < float(new["loss_rec"][0]) < float(base["loss_rec"][0])
-  for k in base:
-    if k not in ("loss_rec", "loss_total"):
-      np.testing.assert_allclose(new[k], base[k], rtol=1e-6, err_msg=k)
+  base, pooled, balanced = (
+      steps.one_step(config, parallel.replicate(host_state), batch,
+                     "translator")[1] for config in configs)
+  assert 0 < float(pooled["loss_rec"][0]) < float(base["loss_rec"][0])
+  assert float(balanced["loss_rec"][0]) > 0
+  assert abs(float(balanced["loss_rec"][0]) - float(base["loss_rec"][0])) > 1e-4
+  for new in (pooled, balanced):
+    for k in base:
+      if k not in ("loss_rec", "loss_total"):
+        np.testing.assert_allclose(new[k], base[k], rtol=1e-6, err_msg=k)
 
 
 def test_remat_options_leave_the_step_unchanged(tiny_config):
