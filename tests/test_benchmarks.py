@@ -197,3 +197,26 @@ def test_translation_confusion_class_colour_sums_skip_ignored_pixels():
     np.testing.assert_allclose(sums[k, :3], pixels.sum(0), rtol=1e-6)
     assert sums[k, 3] == len(pixels)
   assert sums[:, 3].sum() == labels.size - 4
+
+
+def test_translation_colours_helpers():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import translation_colours  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  flat = np.full((1, 6, 5, 3), 0.25, np.float32)
+  np.testing.assert_allclose(translation_colours.box_mean(flat, 3), flat)
+  assert translation_colours.high_frequency(flat) < 1e-7
+  noisy = flat + rng.normal(scale=0.1, size=flat.shape).astype(np.float32)
+  assert translation_colours.high_frequency(noisy) > 0.03
+  # An interior 3x3 mean, by hand.
+  x = rng.normal(size=(1, 5, 5, 1)).astype(np.float32)
+  np.testing.assert_allclose(translation_colours.box_mean(x, 3)[0, 2, 2, 0],
+                             x[0, 1:4, 1:4, 0].mean(), rtol=1e-5)
+  labels = rng.integers(0, 3, (2, 4, 4))
+  labels[1, 0, :] = 255
+  error = rng.uniform(size=labels.shape)
+  got = translation_colours.per_class_l1(error, labels, 3, 255)
+  for k in range(3):
+    np.testing.assert_allclose(got[k], [error[labels == k].sum(),
+                                        (labels == k).sum()], rtol=1e-6)

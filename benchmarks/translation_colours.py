@@ -1,0 +1,158 @@
+"""What a run's translators get wrong, texture or class colours: a diagnostic.
+
+For a finished segmentation run of the experiment runner on the embedded
+demo (whose scenes ``demo_seg.restyle`` can draw in any domain's style,
+the ideal translation), prints
+
+  * F_S's mIoU on the target val split's ideal source-style view, on the
+    same view with the texture removed by a k x k box mean (k = 3, 5), and
+    on G_T->S(I_T); the mean high-frequency energy |x - 3x3 box mean| of
+    real source images, the ideal view and G_T->S(I_T);
+  * per class: its share of the source pixels; how far the class-mean
+    colour of G_T->S(I_T) (target val) and of G_S->T(I_S) (source val) lie
+    from the ideal rendering's (L1 over RGB, images in [-1, 1]); the
+    per-class L1 error of both cycles, the target one also with Gaussian
+    noise of std ``--sigma`` on G_T->S(I_T) before G_S->T (a hidden signal
+    would not survive it); F_S's IoU on G_T->S(I_T) and on the 5x5-blurred
+    ideal view.
+
+If blurring the ideal view costs F_S little while G_T->S(I_T) costs it
+much, the translator's texture is not the problem; large colour errors
+on a few classes say which classes it loses.
+
+  python benchmarks/translation_colours.py --config=configs/seg.py:demo \
+      --workdir=W --method=no_consistency --seed=0
+"""
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from crdoco_jax import evaluate
+from crdoco_jax import experiments
+from crdoco_jax.data import demo_seg
+
+import cycle_steganography
+import finished_run
+import translation_confusion
+
+FLAGS = flags.FLAGS
+flags.DEFINE_float("sigma", 0.03, "Noise std on G_T->S(I_T) in the target "
+                   "cycle's second row, images in [-1, 1].")
+
+
+def box_mean(x: np.ndarray, k: int) -> np.ndarray:
+  """``k x k`` box mean of ``[N, H, W, C]`` images, reflect-padded."""
+  p = k // 2
+  xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+  h, w = x.shape[1:3]
+  return (sum(xp[:, i:i + h, j:j + w] for i in range(k) for j in range(k))
+          / (k * k)).astype(x.dtype)
+
+
+def high_frequency(x: np.ndarray) -> float:
+  """Mean ``|x - 3x3 box mean|``: how much fine detail (texture, noise)
+  the images carry."""
+  return float(np.abs(x - box_mean(x, 3)).mean())
+
+
+def class_means(sums: np.ndarray) -> np.ndarray:
+  """``[c, 3]`` mean colours from ``class_colour_sums`` totals."""
+  return sums[:, :3] / np.maximum(sums[:, 3:], 1)
+
+
+def per_class_l1(error: np.ndarray, labels: np.ndarray, c: int,
+                 ignore: int) -> np.ndarray:
+  """``[c, 2]``: per class, the sum of ``error`` (``[N, H, W]``) over its
+  pixels and their count."""
+  valid = labels != ignore
+  onehot = np.eye(c)[np.where(valid, labels, 0)] * valid[..., None]
+  flat = onehot.reshape(-1, c)
+  return np.stack([flat.T @ error.reshape(-1), flat.sum(0)], 1)
+
+
+def main(argv):
+  del argv
+  config, state, nets = finished_run.load()
+  task, t2s = experiments._apply(nets, state)  # pylint: disable=protected-access
+  s2t = experiments._translator(nets, state, "S2T")  # pylint: disable=protected-access
+  c, ignore = config.data.num_classes, config.data.ignore_label
+  names = list(config.data.class_names)
+  classes = lambda x: np.asarray(task(x, "S")).argmax(-1)
+  cm = lambda x, y: np.asarray(evaluate.confusion_matrix(classes(x), y, c,
+                                                         ignore))
+  colours = translation_confusion.class_colour_sums
+  views = ("ideal", "ideal_box3", "ideal_box5", "learned")
+  cms = {v: np.zeros((c, c), np.int64) for v in views}
+  energy = {"source": [], "ideal": [], "learned": []}
+  sums = {k: np.zeros((c, 4)) for k in ("t_ideal", "t2s", "s_ideal", "s2t")}
+  cycles = {k: np.zeros((c, 2)) for k in ("source", "target", "target_noise")}
+  rng = np.random.default_rng(0)
+  for i, batch in enumerate(experiments._val(config, 32, "source")):  # pylint: disable=protected-access
+    x, y = np.asarray(batch["image"][0]), np.asarray(batch["label"][0])
+    energy["source"].append(high_frequency(x))
+    ideal = demo_seg.restyle(np.where(y == ignore, 0, y),
+                             config.target.builder_config, (config.seed, i, 17))
+    x_st = np.asarray(s2t(x))
+    sums["s_ideal"] += colours(ideal, y, c, ignore)
+    sums["s2t"] += colours(x_st, y, c, ignore)
+    cycles["source"] += per_class_l1(
+        np.abs(np.asarray(t2s(x_st)) - x).sum(-1), y, c, ignore)
+  for i, batch in enumerate(experiments._val(config, 32)):  # pylint: disable=protected-access
+    x, y = np.asarray(batch["image"][0]), np.asarray(batch["label"][0])
+    # The seeds experiments.ideal_view_confusion draws the ideal view with.
+    ideal = demo_seg.restyle(np.where(y == ignore, 0, y),
+                             config.source.builder_config, (config.seed, i, 13))
+    x_ts = np.asarray(t2s(x))
+    energy["ideal"].append(high_frequency(ideal))
+    energy["learned"].append(high_frequency(x_ts))
+    for view, images in (("ideal", ideal), ("ideal_box3", box_mean(ideal, 3)),
+                         ("ideal_box5", box_mean(ideal, 5)),
+                         ("learned", x_ts)):
+      cms[view] += cm(images, y)
+    sums["t_ideal"] += colours(ideal, y, c, ignore)
+    sums["t2s"] += colours(x_ts, y, c, ignore)
+    cycles["target"] += per_class_l1(
+        np.abs(np.asarray(s2t(x_ts)) - x).sum(-1), y, c, ignore)
+    noisy = cycle_steganography.with_noise(x_ts, FLAGS.sigma, rng)
+    cycles["target_noise"] += per_class_l1(
+        np.abs(np.asarray(s2t(noisy)) - x).sum(-1), y, c, ignore)
+  off = lambda a, b: np.abs(class_means(sums[a]) - class_means(sums[b])).sum(1)
+  mean_l1 = lambda k: cycles[k][:, 0] / np.maximum(cycles[k][:, 1], 1)
+  share = sums["s_ideal"][:, 3] / sums["s_ideal"][:, 3].sum()
+  iou = {v: 100 * evaluate.iou_from_confusion(m) for v, m in cms.items()}
+  result = dict(
+      workdir=FLAGS.workdir, method=FLAGS.method, seed=FLAGS.seed,
+      sigma=FLAGS.sigma,
+      f_s_miou={v: round(100 * evaluate.mean_iou(m), 2) for v, m in cms.items()},
+      high_frequency={k: round(float(np.mean(v)), 4) for k, v in energy.items()},
+      per_class={name: dict(
+          source_share=round(float(share[k]), 4),
+          t2s_colour_off=round(float(off("t2s", "t_ideal")[k]), 3),
+          s2t_colour_off=round(float(off("s2t", "s_ideal")[k]), 3),
+          source_cycle_l1=round(float(mean_l1("source")[k]), 3),
+          target_cycle_l1=round(float(mean_l1("target")[k]), 3),
+          target_cycle_l1_noise=round(float(mean_l1("target_noise")[k]), 3),
+          f_s_iou_learned=round(float(iou["learned"][k]), 1),
+          f_s_iou_ideal_box5=round(float(iou["ideal_box5"][k]), 1))
+                 for k, name in enumerate(names)})
+  print("F_S mIoU: " + ", ".join(f"{v} {s}" for v, s in
+                                 result["f_s_miou"].items()))
+  print("high-frequency energy: " + ", ".join(
+      f"{k} {v}" for k, v in result["high_frequency"].items()))
+  cols = list(next(iter(result["per_class"].values())))
+  print("| class | " + " | ".join(cols) + " |")
+  print("|---" * (len(cols) + 1) + "|")
+  for name, row in result["per_class"].items():
+    print(f"| {name} | " + " | ".join(str(row[k]) for k in cols) + " |")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
