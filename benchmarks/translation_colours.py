@@ -4,9 +4,9 @@ For a finished segmentation run of the experiment runner on the embedded
 demo (whose scenes ``demo_seg.restyle`` can draw in any domain's style,
 the ideal translation), prints
 
-  * F_S's mIoU on the target val split's ideal source-style view, on the
-    same view with the texture removed by a k x k box mean (k = 3, 5), and
-    on G_T->S(I_T); the mean high-frequency energy |x - 3x3 box mean| of
+  * F_S's mIoU on the target val split's ideal source-style view and on
+    G_T->S(I_T), each also with the fine detail removed by a k x k box
+    mean (k = 3, 5); the mean high-frequency energy |x - 3x3 box mean| of
     real source images, the ideal view and G_T->S(I_T);
   * per class: its share of the source pixels; how far the class-mean
     colour of G_T->S(I_T) (target val) and of G_S->T(I_S) (source val) lie
@@ -17,7 +17,8 @@ the ideal translation), prints
     ideal view.
 
 If blurring the ideal view costs F_S little while G_T->S(I_T) costs it
-much, the translator's texture is not the problem; large colour errors
+much, missing texture is not the problem; if blurring G_T->S(I_T) helps
+F_S, detail the translator adds (or lets through) is; large colour errors
 on a few classes say which classes it loses.
 
   python benchmarks/translation_colours.py --config=configs/seg.py:demo \
@@ -88,7 +89,8 @@ def main(argv):
   cm = lambda x, y: np.asarray(evaluate.confusion_matrix(classes(x), y, c,
                                                          ignore))
   colours = translation_confusion.class_colour_sums
-  views = ("ideal", "ideal_box3", "ideal_box5", "learned")
+  views = ("ideal", "ideal_box3", "ideal_box5", "learned", "learned_box3",
+           "learned_box5")
   cms = {v: np.zeros((c, c), np.int64) for v in views}
   energy = {"source": [], "ideal": [], "learned": []}
   sums = {k: np.zeros((c, 4)) for k in ("t_ideal", "t2s", "s_ideal", "s2t")}
@@ -114,7 +116,9 @@ def main(argv):
     energy["learned"].append(high_frequency(x_ts))
     for view, images in (("ideal", ideal), ("ideal_box3", box_mean(ideal, 3)),
                          ("ideal_box5", box_mean(ideal, 5)),
-                         ("learned", x_ts)):
+                         ("learned", x_ts),
+                         ("learned_box3", box_mean(x_ts, 3)),
+                         ("learned_box5", box_mean(x_ts, 5))):
       cms[view] += cm(images, y)
     sums["t_ideal"] += colours(ideal, y, c, ignore)
     sums["t2s"] += colours(x_ts, y, c, ignore)
