@@ -375,6 +375,10 @@ def cycle_loss(image: Array, reconstruction: Array, pool: int = 1,
   that must invent them towards their mean). ``H`` and ``W`` must be
   multiples of ``pool``.
   """
+  if weights is not None and weights.shape != image.shape[:3]:
+    raise ValueError(f"cycle weights of shape {weights.shape} do not match "
+                     f"the images' {image.shape[:3]}: loss.cycle_class_balance "
+                     "needs source labels at the source images' size.")
   if pool > 1:
     n, h, w, c = image.shape
     if h % pool or w % pool:

@@ -313,6 +313,8 @@ def test_balanced_cycle_weighs_a_merged_small_class_up():
   np.testing.assert_allclose(
       losses.cycle_loss(x, y, pool=2, weights=jnp.ones(labels.shape)),
       losses.cycle_loss(x, y, pool=2), rtol=1e-6)
+  with pytest.raises(ValueError, match="cycle_class_balance"):
+    losses.cycle_loss(x, y, weights=jnp.ones((1, 2, 2)))
 
 
 # ------------------------------------------------------------- transforms
