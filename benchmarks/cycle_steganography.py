@@ -54,9 +54,7 @@ def with_noise(x: np.ndarray, sigma: float, rng: np.random.Generator
 
 def main(argv):
   del argv
-  config, state, nets = finished_run.load()
-  task, t2s = experiments._apply(nets, state)  # pylint: disable=protected-access
-  s2t = experiments._translator(nets, state, "S2T")  # pylint: disable=protected-access
+  config, task, t2s, s2t = finished_run.load_translators()
   c, ignore = config.data.num_classes, config.data.ignore_label
   classes = lambda x, domain: np.asarray(task(x, domain)).argmax(-1)
   cm = lambda p, y: np.asarray(evaluate.confusion_matrix(p, y, c, ignore))

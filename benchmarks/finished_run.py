@@ -21,3 +21,11 @@ def load():
     raise SystemExit(f"{FLAGS.workdir}: no finished {FLAGS.method} run of "
                      f"seed {FLAGS.seed} with translators.")
   return loaded
+
+
+def load_translators():
+  """``(config, task, t2s, s2t)`` of the run named by the flags: its task
+  nets (``task(x, domain)``) and both jitted translators."""
+  config, state, nets = load()
+  task, t2s = experiments._apply(nets, state)  # pylint: disable=protected-access
+  return config, task, t2s, experiments._translator(nets, state, "S2T")  # pylint: disable=protected-access

@@ -72,17 +72,13 @@ def per_class_l1(error: np.ndarray, labels: np.ndarray, c: int,
                  ignore: int) -> np.ndarray:
   """``[c, 2]``: per class, the sum of ``error`` (``[N, H, W]``) over its
   pixels and their count."""
-  valid = labels != ignore
-  onehot = np.eye(c)[np.where(valid, labels, 0)] * valid[..., None]
-  flat = onehot.reshape(-1, c)
-  return np.stack([flat.T @ error.reshape(-1), flat.sum(0)], 1)
+  return translation_confusion.class_colour_sums(error[..., None], labels, c,
+                                                ignore)
 
 
 def main(argv):
   del argv
-  config, state, nets = finished_run.load()
-  task, t2s = experiments._apply(nets, state)  # pylint: disable=protected-access
-  s2t = experiments._translator(nets, state, "S2T")  # pylint: disable=protected-access
+  config, task, t2s, s2t = finished_run.load_translators()
   c, ignore = config.data.num_classes, config.data.ignore_label
   names = list(config.data.class_names)
   classes = lambda x: np.asarray(task(x, "S")).argmax(-1)

@@ -34,11 +34,12 @@ FLAGS = flags.FLAGS
 
 def class_colour_sums(images: np.ndarray, labels: np.ndarray, c: int,
                       ignore: int) -> np.ndarray:
-  """``[c, 4]``: per class, the sums of the 3 channels and the pixel count."""
+  """``[c, k + 1]``: per class, the sums of the images' ``k`` channels (3
+  for RGB) and the pixel count."""
   valid = labels != ignore
   onehot = np.eye(c)[np.where(valid, labels, 0)] * valid[..., None]
   flat = onehot.reshape(-1, c).T
-  return np.concatenate([flat @ images.reshape(-1, 3),
+  return np.concatenate([flat @ images.reshape(-1, images.shape[-1]),
                          flat.sum(1, keepdims=True)], 1)
 
 
