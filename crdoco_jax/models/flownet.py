@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crdoco_jax.models import layers
+from crdoco_jax.models import layers, normalization
 
 DOMAINS = ("S", "T")
 
@@ -116,7 +116,7 @@ class FlowNetS(nn.Module):
       else:
         # One pass over [group 1 frame 1; group 1 frame 2; group 2 ...]:
         # the order in which successive calls average BN statistics in.
-        n, size = layers.group_size(h.shape[0], g), h.shape[1:3]
+        n, size = normalization.group_size(h.shape[0], g), h.shape[1:3]
         out = siamese(jnp.moveaxis(h.reshape(g, n, *size, 2, 3), 4, 1
                                    ).reshape(2 * g * n, *size, 3))
         frame = lambda y, i: y.reshape(g, 2, n, *y.shape[1:])[:, i].reshape(

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crdoco_jax.models import normalization
+
 Dtype = Any
 
 # CycleGAN / pix2pix initialisation: N(0, 0.02) weights, zero biases.
@@ -32,70 +34,11 @@ def instance_norm(dtype: Dtype = jnp.float32) -> nn.Module:
 def batch_norm(axis_name=None, dtype: Dtype = jnp.float32, groups: int = 1):
   """PyTorch BatchNorm2d's defaults (its momentum 0.1 is flax's 0.9; eps
   1e-5) as a module factory, synchronised over the pmap axis
-  ``axis_name``. ``groups`` > 1: :class:`BatchNorm` over that many slices
-  of the batch."""
-  if groups == 1:
-    return functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5,
-                             axis_name=axis_name, dtype=dtype)
-  return functools.partial(BatchNorm, groups=groups, momentum=0.9,
-                           epsilon=1e-5, axis_name=axis_name, dtype=dtype)
-
-
-def group_size(batch: int, groups: int) -> int:
-  """``batch // groups``; an error unless ``groups`` divides ``batch``."""
-  if batch % groups:
-    raise ValueError(f"BatchNorm over {groups} groups needs a batch "
-                     f"divisible by {groups}, got {batch}.")
-  return batch // groups
-
-
-class BatchNorm(nn.Module):
-  """``nn.BatchNorm`` (channels last) applied to ``groups`` equal slices of
-  the batch at once, as ``groups`` successive calls would: each slice is
-  normalised by its own statistics (synchronised over ``axis_name``), and
-  the running statistics average them in slice by slice. So two inputs of
-  one network can share one pass, each keeping its own batch statistics.
-
-  The same variables as ``nn.BatchNorm`` (and the same auto-name,
-  ``BatchNorm_<i>``), so one parameter tree serves both. Channels last,
-  with scale and bias; no masks or axis index groups.
-  """
-  groups: int
-  momentum: float = 0.99
-  epsilon: float = 1e-5
-  axis_name: Any = None
-  dtype: Dtype = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
-    c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,),
-                            jnp.float32)
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
-    dtype = self.dtype or jnp.result_type(x, scale)
-    if use_running_average:
-      mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
-      return ((x - ra_mean.value) * mul + bias).astype(dtype)
-    xg = x.reshape(self.groups, group_size(x.shape[0], self.groups),
-                   *x.shape[1:]).astype(jnp.float32)
-    axes = tuple(range(1, xg.ndim - 1))
-    stats = jnp.stack([xg.mean(axes), jnp.square(xg).mean(axes)])
-    if self.axis_name is not None and not self.is_initializing():
-      stats = jax.lax.pmean(stats, self.axis_name)
-    mean, mean2 = stats[0], stats[1]  # [groups, C]
-    var = jnp.maximum(0.0, mean2 - jnp.square(mean))
-    if not self.is_initializing():
-      for g in range(self.groups):
-        ra_mean.value = (self.momentum * ra_mean.value
-                         + (1 - self.momentum) * mean[g])
-        ra_var.value = (self.momentum * ra_var.value
-                        + (1 - self.momentum) * var[g])
-    expand = lambda v: v.reshape(self.groups, *[1] * len(axes), c)
-    mul = expand(scale * jax.lax.rsqrt(var + self.epsilon))
-    y = (xg - expand(mean)) * mul + bias
-    return y.reshape(x.shape).astype(dtype)
+  ``axis_name``; ``groups`` > 1 normalises that many slices of the batch
+  apart (:class:`normalization.BatchNorm`)."""
+  return functools.partial(normalization.BatchNorm, groups=groups,
+                           momentum=0.9, epsilon=1e-5, axis_name=axis_name,
+                           dtype=dtype)
 
 
 def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2,
