@@ -14,7 +14,15 @@ the ideal translation), prints
     per-class L1 error of both cycles, the target one also with Gaussian
     noise of std ``--sigma`` on G_T->S(I_T) before G_S->T (a hidden signal
     would not survive it); F_S's IoU on G_T->S(I_T) and on the 5x5-blurred
-    ideal view.
+    ideal view;
+  * per horizontal band of rows (``--bands``, top first): F_S's pixel
+    accuracy on the ideal view and on G_T->S(I_T), and the images' mean
+    intensity and contrast (std over the band's pixels) for real source
+    images, the ideal view and G_T->S(I_T). The demo's fog thickens with
+    height in the frame, so a translator that gets the haze wrong shows
+    it in the top bands. And F_S's accuracy on G_T->S(I_T) with each
+    image's bands moved to the real source images' mean intensity and
+    contrast (``matched``): what a photometric fix alone would recover.
 
 If blurring the ideal view costs F_S little while G_T->S(I_T) costs it
 much, missing texture is not the problem; if blurring G_T->S(I_T) helps
@@ -44,6 +52,8 @@ import finished_run
 import translation_confusion
 
 FLAGS = flags.FLAGS
+flags.DEFINE_integer("bands", 4, "Horizontal bands of rows for the "
+                     "per-band accuracy and haze profile.")
 flags.DEFINE_float("sigma", 0.03, "Noise std on G_T->S(I_T) in the target "
                    "cycle's second row, images in [-1, 1].")
 
@@ -76,6 +86,44 @@ def per_class_l1(error: np.ndarray, labels: np.ndarray, c: int,
                                                 ignore)
 
 
+def band_rows(height: int, bands: int):
+  """``[(r0, r1)]``: ``bands`` horizontal bands of rows, top first."""
+  edges = np.linspace(0, height, bands + 1).round().astype(int)
+  return list(zip(edges[:-1], edges[1:]))
+
+
+def band_profile(x: np.ndarray, rows) -> np.ndarray:
+  """``[bands, 2]``: per band of ``[N, H, W, 3]`` images, the mean
+  intensity and the mean per-image std over the band's pixels and
+  channels (contrast)."""
+  return np.array([(x[:, r0:r1].mean(),
+                    x[:, r0:r1].reshape(len(x), -1).std(1).mean())
+                   for r0, r1 in rows])
+
+
+def match_bands(x: np.ndarray, rows, profile: np.ndarray) -> np.ndarray:
+  """``x`` with each image's bands shifted and scaled to ``profile``'s
+  ``[bands, 2]`` mean intensity and contrast (``band_profile``)."""
+  out = x.copy()
+  for (r0, r1), (mean, contrast) in zip(rows, profile):
+    band = x[:, r0:r1]
+    m = band.mean((1, 2, 3), keepdims=True)
+    sd = band.reshape(len(x), -1).std(1)[:, None, None, None]
+    out[:, r0:r1] = (band - m) * contrast / np.maximum(sd, 1e-6) + mean
+  return out
+
+
+def band_accuracy(pred: np.ndarray, labels: np.ndarray, rows,
+                  ignore: int) -> np.ndarray:
+  """``[bands, 2]``: per band, correct and labelled pixel counts."""
+  out = []
+  for r0, r1 in rows:
+    p, y = pred[:, r0:r1], labels[:, r0:r1]
+    valid = y != ignore
+    out.append((((p == y) & valid).sum(), valid.sum()))
+  return np.array(out, np.int64)
+
+
 def main(argv):
   del argv
   config, task, t2s, s2t = finished_run.load_translators()
@@ -92,9 +140,15 @@ def main(argv):
   sums = {k: np.zeros((c, 4)) for k in ("t_ideal", "t2s", "s_ideal", "s2t")}
   cycles = {k: np.zeros((c, 2)) for k in ("source", "target", "target_noise")}
   rng = np.random.default_rng(0)
+  rows = None  # from the first image's height
+  profiles = {k: [] for k in ("source", "ideal", "learned")}
+  band_hits = {k: np.zeros((FLAGS.bands, 2), np.int64)
+               for k in ("ideal", "learned", "matched")}
   for i, batch in enumerate(experiments._val(config, 32, "source")):  # pylint: disable=protected-access
     x, y = np.asarray(batch["image"][0]), np.asarray(batch["label"][0])
     energy["source"].append(high_frequency(x))
+    rows = rows or band_rows(x.shape[1], FLAGS.bands)
+    profiles["source"].append(band_profile(x, rows))
     ideal = demo_seg.restyle(np.where(y == ignore, 0, y),
                              config.target.builder_config, (config.seed, i, 17))
     x_st = np.asarray(s2t(x))
@@ -110,6 +164,12 @@ def main(argv):
     x_ts = np.asarray(t2s(x))
     energy["ideal"].append(high_frequency(ideal))
     energy["learned"].append(high_frequency(x_ts))
+    for view, images in (("ideal", ideal), ("learned", x_ts)):
+      profiles[view].append(band_profile(images, rows))
+    matched = match_bands(x_ts, rows, np.mean(profiles["source"], 0))
+    for view, images in (("ideal", ideal), ("learned", x_ts),
+                         ("matched", matched)):
+      band_hits[view] += band_accuracy(classes(images), y, rows, ignore)
     for view, images in (("ideal", ideal), ("ideal_box3", box_mean(ideal, 3)),
                          ("ideal_box5", box_mean(ideal, 5)),
                          ("learned", x_ts),
@@ -132,6 +192,14 @@ def main(argv):
       sigma=FLAGS.sigma,
       f_s_miou={v: round(100 * evaluate.mean_iou(m), 2) for v, m in cms.items()},
       high_frequency={k: round(float(np.mean(v)), 4) for k, v in energy.items()},
+      bands=dict(rows=[[int(a), int(b)] for a, b in rows], **{
+          f"f_s_accuracy_{v}": [round(100 * float(h / max(n, 1)), 2)
+                                for h, n in hits]
+          for v, hits in band_hits.items()}, **{
+              f"{k}_{stat}": [round(float(p), 3) for p in
+                              np.mean(v, 0)[:, j]]
+              for k, v in profiles.items()
+              for j, stat in enumerate(("mean", "contrast"))}),
       per_class={name: dict(
           source_share=round(float(share[k]), 4),
           t2s_colour_off=round(float(off("t2s", "t_ideal")[k]), 3),
@@ -146,6 +214,8 @@ def main(argv):
                                  result["f_s_miou"].items()))
   print("high-frequency energy: " + ", ".join(
       f"{k} {v}" for k, v in result["high_frequency"].items()))
+  print("per band of rows, top first: " + "; ".join(
+      f"{k} {v}" for k, v in result["bands"].items()))
   cols = list(next(iter(result["per_class"].values())))
   print("| class | " + " | ".join(cols) + " |")
   print("|---" * (len(cols) + 1) + "|")

@@ -220,3 +220,29 @@ def test_translation_colours_helpers():
   for k in range(3):
     np.testing.assert_allclose(got[k], [error[labels == k].sum(),
                                         (labels == k).sum()], rtol=1e-6)
+
+
+def test_translation_colours_bands():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import translation_colours as tc  # pylint: disable=g-import-not-at-top
+  rows = tc.band_rows(10, 3)
+  assert rows[0][0] == 0 and rows[-1][1] == 10
+  assert all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 10, 4, 3)).astype(np.float32)
+  target = np.array([[0.5, 0.1], [-0.2, 0.3], [0.0, 0.05]])
+  matched = tc.match_bands(x, rows, target)
+  # Each image's bands now have the target's mean and contrast, so the
+  # dataset profile is the target.
+  np.testing.assert_allclose(tc.band_profile(matched, rows), target,
+                             atol=1e-5)
+  labels = rng.integers(0, 3, (3, 10, 4))
+  labels[0, 0] = 255
+  pred = labels.copy()
+  pred[:, -2:] = (pred[:, -2:] + 1) % 3  # last two rows all wrong
+  hits = tc.band_accuracy(pred, labels, rows, 255)
+  assert hits[0, 1] == (labels[:, :rows[0][1]] != 255).sum()
+  assert hits[0, 0] == hits[0, 1]
+  r0 = rows[-1][0]
+  assert hits[-1, 0] == (labels[:, r0:-2] != 255).sum()
