@@ -5,7 +5,7 @@ batch statistics reads the activations and their gradient in several
 passes. Its gradient needs just two: one reduction (the per-channel means
 of ``g`` and ``g * x``), then one elementwise pass ``dx = a * g + b * x +
 c`` with per-channel ``a, b, c``. On CPU a BatchNorm + ReLU's forward and
-backward pass runs 1.1-2x as fast so, ResNet-50 DeepLab's about 4%
+backward pass runs 1.1-2x as fast so, DeepLab-50's about 4% faster
 (docs/performance_log.md, session 35). Same maths as ``nn.BatchNorm``,
 whose variables and auto-names :class:`BatchNorm` keeps.
 """
@@ -79,10 +79,15 @@ def _normalize_bwd(groups, epsilon, axis_name, dtype, residuals, cotangents):
   # Every device's loss reaches x through the synchronised statistics.
   e_g, e_gx, g_mean, g_var = _pmean(
       jnp.stack([local_g, local_gx, g_mean, g_var]), axis_name)
+  # Uncentred, as the forward's E[x^2] - E[x]^2 (nn.BatchNorm's default):
+  # mean(g * (x - mean)) here would make XLA write x - mean out, 15-70%
+  # more time. Its cancellation grows with |mean| / std, the forward's
+  # with its square.
+  cov = e_gx - mean * e_g
   # dx = a * g + b * x + c: the terms through y's scale (a), through the
   # variance (b) and through the mean (c), per group and channel.
   a = scale * inv
-  b = 2.0 * g_var / count - scale * inv ** 3 * (e_gx - mean * e_g)
+  b = 2.0 * g_var / count - scale * inv ** 3 * cov
   c = g_mean / count - a * e_g - b * mean
   dx = gg * _per_channel(a) + xg * _per_channel(b) + _per_channel(c)
   # Parameters get this device's gradient only, as under autodiff (the
