@@ -22,7 +22,16 @@ the ideal translation), prints
     height in the frame, so a translator that gets the haze wrong shows
     it in the top bands. And F_S's accuracy on G_T->S(I_T) with each
     image's bands moved to the real source images' mean intensity and
-    contrast (``matched``): what a photometric fix alone would recover.
+    contrast (``matched``): what a photometric fix alone would recover;
+  * the linear spatial trend of each image's colours within its classes
+    (least-squares slopes over the frame's columns and rows; ``[-1, 1]``
+    images, per unit of frame width), mean |slope| for real source
+    images, the ideal view and G_T->S(I_T); and F_S's mIoU on G_T->S(I_T)
+    with each image's fitted column trend removed (``deramped_columns``)
+    and with both removed (``deramped``), and on the ideal view with its
+    column trend removed. The textured target is lit from a random side
+    (``demo_seg._light``), the fog source only darkens upwards (haze): a
+    translator that keeps the target's light shows a column trend.
 
 If blurring the ideal view costs F_S little while G_T->S(I_T) costs it
 much, missing texture is not the problem; if blurring G_T->S(I_T) helps
@@ -113,6 +122,44 @@ def match_bands(x: np.ndarray, rows, profile: np.ndarray) -> np.ndarray:
   return out
 
 
+def spatial_trend(x: np.ndarray, labels: np.ndarray, c: int,
+                  ignore: int) -> np.ndarray:
+  """``[N, 2, 3]``: per image and RGB channel, the least-squares slopes of
+  its colours over the columns and the rows of the frame (coordinates in
+  [-0.5, 0.5]), within classes: colours and coordinates both taken
+  relative to their class's mean in that image, so class layout alone
+  gives no slope."""
+  n, h, w = labels.shape
+  rows, cols = np.meshgrid(np.linspace(-0.5, 0.5, h), np.linspace(
+      -0.5, 0.5, w), indexing="ij")
+  coords = np.stack([cols, rows], -1)
+  out = np.zeros((n, 2, x.shape[-1]))
+  for i in range(n):
+    valid = (labels[i] != ignore) & (labels[i] < c)
+    k = labels[i][valid]
+    design = [coords[valid], x[i][valid]]
+    for j, v in enumerate(design):
+      sums = np.stack([np.bincount(k, v[:, d], c) for d in range(v.shape[1])],
+                      -1)
+      design[j] = v - (sums / np.maximum(np.bincount(k, None, c), 1)[:, None])[k]
+    out[i] = np.linalg.lstsq(design[0], design[1], rcond=None)[0]
+  return out
+
+
+def remove_trend(x: np.ndarray, slopes: np.ndarray,
+                 axes=(0, 1)) -> np.ndarray:
+  """``x`` minus the linear trends ``slopes`` (``spatial_trend``) over the
+  given axes (0: columns, 1: rows)."""
+  h, w = x.shape[1:3]
+  rows, cols = np.meshgrid(np.linspace(-0.5, 0.5, h), np.linspace(
+      -0.5, 0.5, w), indexing="ij")
+  coords = (cols, rows)
+  out = x.astype(np.float64)
+  for a in axes:
+    out = out - coords[a][None, :, :, None] * slopes[:, a][:, None, None, :]
+  return out.astype(x.dtype)
+
+
 def band_accuracy(pred: np.ndarray, labels: np.ndarray, rows,
                   ignore: int) -> np.ndarray:
   """``[bands, 2]``: per band, correct and labelled pixel counts."""
@@ -134,7 +181,8 @@ def main(argv):
                                                          ignore))
   colours = translation_confusion.class_colour_sums
   views = ("ideal", "ideal_box3", "ideal_box5", "learned", "learned_box3",
-           "learned_box5")
+           "learned_box5", "ideal_deramped_columns",
+           "learned_deramped_columns", "learned_deramped")
   cms = {v: np.zeros((c, c), np.int64) for v in views}
   energy = {"source": [], "ideal": [], "learned": []}
   sums = {k: np.zeros((c, 4)) for k in ("t_ideal", "t2s", "s_ideal", "s2t")}
@@ -142,6 +190,7 @@ def main(argv):
   rng = np.random.default_rng(0)
   rows = None  # from the first image's height
   profiles = {k: [] for k in ("source", "ideal", "learned")}
+  trends = {k: [] for k in ("source", "ideal", "learned")}
   band_hits = {k: np.zeros((FLAGS.bands, 2), np.int64)
                for k in ("ideal", "learned", "matched")}
   for i, batch in enumerate(experiments._val(config, 32, "source")):  # pylint: disable=protected-access
@@ -149,6 +198,7 @@ def main(argv):
     energy["source"].append(high_frequency(x))
     rows = rows or band_rows(x.shape[1], FLAGS.bands)
     profiles["source"].append(band_profile(x, rows))
+    trends["source"].append(spatial_trend(x, y, c, ignore))
     ideal = demo_seg.restyle(np.where(y == ignore, 0, y),
                              config.target.builder_config, (config.seed, i, 17))
     x_st = np.asarray(s2t(x))
@@ -170,11 +220,21 @@ def main(argv):
     for view, images in (("ideal", ideal), ("learned", x_ts),
                          ("matched", matched)):
       band_hits[view] += band_accuracy(classes(images), y, rows, ignore)
+    trend = {"ideal": spatial_trend(ideal, y, c, ignore),
+             "learned": spatial_trend(x_ts, y, c, ignore)}
+    for k, v in trend.items():
+      trends[k].append(v)
     for view, images in (("ideal", ideal), ("ideal_box3", box_mean(ideal, 3)),
                          ("ideal_box5", box_mean(ideal, 5)),
                          ("learned", x_ts),
                          ("learned_box3", box_mean(x_ts, 3)),
-                         ("learned_box5", box_mean(x_ts, 5))):
+                         ("learned_box5", box_mean(x_ts, 5)),
+                         ("ideal_deramped_columns",
+                          remove_trend(ideal, trend["ideal"], (0,))),
+                         ("learned_deramped_columns",
+                          remove_trend(x_ts, trend["learned"], (0,))),
+                         ("learned_deramped",
+                          remove_trend(x_ts, trend["learned"]))):
       cms[view] += cm(images, y)
     sums["t_ideal"] += colours(ideal, y, c, ignore)
     sums["t2s"] += colours(x_ts, y, c, ignore)
@@ -192,6 +252,9 @@ def main(argv):
       sigma=FLAGS.sigma,
       f_s_miou={v: round(100 * evaluate.mean_iou(m), 2) for v, m in cms.items()},
       high_frequency={k: round(float(np.mean(v)), 4) for k, v in energy.items()},
+      mean_abs_slope={k: dict(zip(("columns", "rows"), np.round(
+          np.abs(np.concatenate(v)).mean((0, 2)), 4).tolist()))
+                      for k, v in trends.items()},
       bands=dict(rows=[[int(a), int(b)] for a, b in rows], **{
           f"f_s_accuracy_{v}": [round(100 * float(h / max(n, 1)), 2)
                                 for h, n in hits]
@@ -214,6 +277,8 @@ def main(argv):
                                  result["f_s_miou"].items()))
   print("high-frequency energy: " + ", ".join(
       f"{k} {v}" for k, v in result["high_frequency"].items()))
+  print("mean |slope| within classes: " + "; ".join(
+      f"{k} {v}" for k, v in result["mean_abs_slope"].items()))
   print("per band of rows, top first: " + "; ".join(
       f"{k} {v}" for k, v in result["bands"].items()))
   cols = list(next(iter(result["per_class"].values())))

@@ -246,3 +246,31 @@ def test_translation_colours_bands():
   assert hits[0, 0] == hits[0, 1]
   r0 = rows[-1][0]
   assert hits[-1, 0] == (labels[:, r0:-2] != 255).sum()
+
+
+def test_translation_colours_spatial_trend():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import translation_colours as tc  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, (2, 8, 10))
+  labels[0, 0, 0] = 255
+  colours = rng.uniform(-1, 1, (3, 3))
+  cols = np.linspace(-0.5, 0.5, 10)[None, None, :, None]
+  rows = np.linspace(-0.5, 0.5, 8)[None, :, None, None]
+  # Flat class colours give no slope, whatever the layout...
+  flat = colours[labels % 3].astype(np.float32)  # 255: some colour
+  np.testing.assert_allclose(tc.spatial_trend(flat, labels, 3, 255), 0,
+                             atol=1e-6)
+  # ...a light ramp over them is found, channel by channel...
+  slopes = np.array([[[0.3, -0.2, 0.1], [0.0, 0.5, -0.4]],
+                     [[-0.6, 0.0, 0.2], [0.1, 0.1, 0.1]]])
+  lit = (flat + cols * slopes[:, None, None, 0] + rows *
+         slopes[:, None, None, 1]).astype(np.float32)
+  got = tc.spatial_trend(lit, labels, 3, 255)
+  np.testing.assert_allclose(got, slopes, atol=1e-5)
+  # ...and removing it gives back the flat colours.
+  np.testing.assert_allclose(tc.remove_trend(lit, got), flat, atol=1e-5)
+  only_rows = tc.remove_trend(lit, got, (0,))
+  np.testing.assert_allclose(tc.spatial_trend(only_rows, labels, 3, 255)[:, 1],
+                             slopes[:, 1], atol=1e-5)
