@@ -130,6 +130,24 @@ def test_ceil_mode_max_pool_matches_pytorch_sizes():
     assert y.shape[1] == expected, (size, y.shape)
 
 
+def test_ceil_mode_max_pool_equals_flax_max_pool():
+  # Values and gradients of nn.max_pool over the same padding, on inputs
+  # without ties; odd and even sizes, bf16 too.
+  for shape, dtype in (((2, 9, 8, 3), jnp.float32), ((1, 7, 7, 2),
+                                                     jnp.bfloat16)):
+    x = (jax.random.permutation(KEY, np.prod(shape)).reshape(shape)
+         - np.prod(shape) // 2).astype(dtype)  # negative too: -inf pads
+    pads = [(1, 1) if s % 2 else (1, 2) for s in shape[1:3]]  # ceil mode
+    ref = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=pads)
+    w = jax.random.normal(KEY, ref(x).shape)
+    outs = [jax.value_and_grad(lambda x: jnp.sum(f(x).astype(jnp.float32)
+                                                 * w))(x)
+            for f in (ref, layers.max_pool_ceil)]
+    np.testing.assert_array_equal(ref(x), layers.max_pool_ceil(x))
+    for a, b in zip(*outs):
+      np.testing.assert_allclose(np.float32(b), np.float32(a), rtol=1e-6)
+
+
 def test_bilinear_align_corners_resize():
   x = jnp.arange(12.0).reshape(1, 3, 4, 1)
   y = layers.resize_bilinear_align_corners(x, (5, 7))

@@ -47,6 +47,14 @@ def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2,
 
   Extra right/bottom padding makes the last, partial window count, except a
   window that would start in the right padding (PyTorch drops that one).
+
+  Computed as the maximum of the window's ``window**2`` strided slices of
+  the padded input: the same values, and a gradient that is an
+  elementwise select instead of XLA's select-and-scatter (forward and
+  backward on XLA:CPU: 1.4 against 4.3 ms at 2x65x65x64; PyTorch 3.0
+  ms). Unlike it, the gradient is split evenly between tied maxima, which
+  no network gradient sees when the input is a ReLU's output (its own
+  gradient is zero where the ties are, at zero).
   """
   pads = []
   for size in x.shape[1:3]:
@@ -55,7 +63,15 @@ def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2,
       out -= 1
     extra = max((out - 1) * stride + window - (size + 2 * pad), 0)
     pads.append((pad, pad + extra))
-  return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+  n, h, w, c = xp.shape
+  oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
+  taps = [jax.lax.slice(xp, (0, i, j, 0),
+                        (n, i + (oh - 1) * stride + 1,
+                         j + (ow - 1) * stride + 1, c),
+                        (1, stride, stride, 1))
+          for i in range(window) for j in range(window)]
+  return functools.reduce(jnp.maximum, taps)
 
 
 @functools.lru_cache(maxsize=64)
