@@ -31,7 +31,12 @@ the ideal translation), prints
     and with both removed (``deramped``), and on the ideal view with its
     column trend removed. The textured target is lit from a random side
     (``demo_seg._light``), the fog source only darkens upwards (haze): a
-    translator that keeps the target's light shows a column trend.
+    translator that keeps the target's light shows a column trend;
+  * per segment (one class in one image, at least ``MIN_SEGMENT``
+    pixels): whether its mean colour lies nearest (L1) to its own class's
+    mean colour in real source images, and how far from it, for the ideal
+    view and G_T->S(I_T): the dataset-wide class-mean colours can be
+    right while single objects are painted in another class's colour.
 
 If blurring the ideal view costs F_S little while G_T->S(I_T) costs it
 much, missing texture is not the problem; if blurring G_T->S(I_T) helps
@@ -160,6 +165,26 @@ def remove_trend(x: np.ndarray, slopes: np.ndarray,
   return out.astype(x.dtype)
 
 
+MIN_SEGMENT = 20
+
+
+def segment_colours(images: np.ndarray, labels: np.ndarray, c: int,
+                    ignore: int, class_colours: np.ndarray) -> np.ndarray:
+  """``[c, 3]``: per class, over its segments (the class in one image, at
+  least ``MIN_SEGMENT`` pixels), the number of segments, how many have a
+  mean colour nearest (L1) to ``class_colours[class]`` of all of
+  ``class_colours`` (``[c, 3]``), and the sum of their L1 distances to
+  it."""
+  out = np.zeros((c, 3))
+  for image, label in zip(images, labels):
+    sums = translation_confusion.class_colour_sums(image[None], label[None],
+                                                   c, ignore)
+    for k in np.flatnonzero(sums[:, 3] >= MIN_SEGMENT):
+      dist = np.abs(class_colours - sums[k, :3] / sums[k, 3]).sum(1)
+      out[k] += (1, dist.argmin() == k, dist[k])
+  return out
+
+
 def band_accuracy(pred: np.ndarray, labels: np.ndarray, rows,
                   ignore: int) -> np.ndarray:
   """``[bands, 2]``: per band, correct and labelled pixel counts."""
@@ -185,7 +210,9 @@ def main(argv):
            "learned_deramped_columns", "learned_deramped")
   cms = {v: np.zeros((c, c), np.int64) for v in views}
   energy = {"source": [], "ideal": [], "learned": []}
-  sums = {k: np.zeros((c, 4)) for k in ("t_ideal", "t2s", "s_ideal", "s2t")}
+  sums = {k: np.zeros((c, 4))
+          for k in ("t_ideal", "t2s", "s_ideal", "s2t", "source")}
+  segments = {k: np.zeros((c, 3)) for k in ("ideal", "learned")}
   cycles = {k: np.zeros((c, 2)) for k in ("source", "target", "target_noise")}
   rng = np.random.default_rng(0)
   rows = None  # from the first image's height
@@ -203,6 +230,7 @@ def main(argv):
                              config.target.builder_config, (config.seed, i, 17))
     x_st = np.asarray(s2t(x))
     sums["s_ideal"] += colours(ideal, y, c, ignore)
+    sums["source"] += colours(x, y, c, ignore)
     sums["s2t"] += colours(x_st, y, c, ignore)
     cycles["source"] += per_class_l1(
         np.abs(np.asarray(t2s(x_st)) - x).sum(-1), y, c, ignore)
@@ -236,6 +264,9 @@ def main(argv):
                          ("learned_deramped",
                           remove_trend(x_ts, trend["learned"]))):
       cms[view] += cm(images, y)
+    for view, images in (("ideal", ideal), ("learned", x_ts)):
+      segments[view] += segment_colours(images, y, c, ignore,
+                                        class_means(sums["source"]))
     sums["t_ideal"] += colours(ideal, y, c, ignore)
     sums["t2s"] += colours(x_ts, y, c, ignore)
     cycles["target"] += per_class_l1(
@@ -255,6 +286,12 @@ def main(argv):
       mean_abs_slope={k: dict(zip(("columns", "rows"), np.round(
           np.abs(np.concatenate(v)).mean((0, 2)), 4).tolist()))
                       for k, v in trends.items()},
+      segments={v: dict(
+          count=int(m[:, 0].sum()),
+          nearest_own_class=round(100 * float(m[:, 1].sum() / max(
+              m[:, 0].sum(), 1)), 1),
+          mean_l1_to_own_class=round(float(m[:, 2].sum() / max(
+              m[:, 0].sum(), 1)), 3)) for v, m in segments.items()},
       bands=dict(rows=[[int(a), int(b)] for a, b in rows], **{
           f"f_s_accuracy_{v}": [round(100 * float(h / max(n, 1)), 2)
                                 for h, n in hits]
@@ -271,12 +308,19 @@ def main(argv):
           target_cycle_l1=round(float(mean_l1("target")[k]), 3),
           target_cycle_l1_noise=round(float(mean_l1("target_noise")[k]), 3),
           f_s_iou_learned=round(float(iou["learned"][k]), 1),
-          f_s_iou_ideal_box5=round(float(iou["ideal_box5"][k]), 1))
+          f_s_iou_ideal_box5=round(float(iou["ideal_box5"][k]), 1),
+          segments_nearest_own_ideal=round(100 * float(
+              segments["ideal"][k, 1] / max(segments["ideal"][k, 0], 1)), 1),
+          segments_nearest_own_learned=round(100 * float(
+              segments["learned"][k, 1] / max(segments["learned"][k, 0], 1)),
+                                             1))
                  for k, name in enumerate(names)})
   print("F_S mIoU: " + ", ".join(f"{v} {s}" for v, s in
                                  result["f_s_miou"].items()))
   print("high-frequency energy: " + ", ".join(
       f"{k} {v}" for k, v in result["high_frequency"].items()))
+  print("segments: " + "; ".join(
+      f"{k} {v}" for k, v in result["segments"].items()))
   print("mean |slope| within classes: " + "; ".join(
       f"{k} {v}" for k, v in result["mean_abs_slope"].items()))
   print("per band of rows, top first: " + "; ".join(

@@ -274,3 +274,20 @@ def test_translation_colours_spatial_trend():
   only_rows = tc.remove_trend(lit, got, (0,))
   np.testing.assert_allclose(tc.spatial_trend(only_rows, labels, 3, 255)[:, 1],
                              slopes[:, 1], atol=1e-5)
+
+
+def test_translation_colours_segments():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import translation_colours as tc  # pylint: disable=g-import-not-at-top
+  colours = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+  labels = np.zeros((2, 8, 8), np.int64)
+  labels[:, :, 4:] = 1
+  labels[1, :, :1] = 2  # class 2: 8 pixels, under MIN_SEGMENT
+  images = colours[labels].astype(np.float32)
+  images[1][labels[1] == 1] = [0.1, 0.9, 0.1]  # nearer class 2's colour
+  got = tc.segment_colours(images, labels, 3, 255, colours)
+  assert 8 < tc.MIN_SEGMENT <= 24
+  np.testing.assert_array_equal(got[:, 0], [2, 2, 0])  # segments
+  np.testing.assert_array_equal(got[:, 1], [2, 1, 0])  # nearest own class
+  np.testing.assert_allclose(got[1, 2], 0.9 + 0.1 + 0.9)
