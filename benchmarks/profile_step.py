@@ -12,7 +12,10 @@ forward, input gradient and weight gradient (by the instruction's metadata
 and output layout), dot, reduction, other fusions, copies/transposes,
 collectives, control flow. Prints per-category and top-op tables (ms per
 step) and, with ``--json``, one JSON line; ``--ops-json F`` writes every op's
-ms per step to F.
+ms per step to F. ``--by-source`` also sums the ops that are neither
+convolutions nor matmuls by where they come from in the model (their
+HLO ``op_name``, with layer indices folded: every residual block's
+kernel-gradient windows are one line).
 """
 import collections
 import glob
@@ -84,6 +87,25 @@ def classify(hlo_text):
   return result
 
 
+def source_groups(hlo_text, per_op, kinds):
+  """``Counter``: ms of the ops in ``per_op`` that are neither convolutions
+  nor matmuls, summed by their instruction's ``op_name`` metadata with
+  ``jit(...)/`` scopes dropped and module indices folded (``Conv_3`` ->
+  ``Conv_i``); ops without one count under ``(no op_name)``."""
+  names = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"^\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    src = re.search(r'op_name="([^"]*)"', line)
+    if m and src:
+      key = re.sub(r"jit\([^)]*\)/", "", src.group(1))
+      names[m.group(1)] = re.sub(r"_\d+(?=/|$)", "_i", key)
+  groups = collections.Counter()
+  for name, ms in per_op.items():
+    if not kinds[name].startswith(("conv", "dot")):
+      groups[names.get(name, "(no op_name)")] += ms
+  return groups
+
+
 def read_events(trace_dir):
   """(name, duration in ns) of every event on the host's XLA threads."""
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
@@ -107,6 +129,9 @@ def main(argv=None):
   as_json = "--json" in argv
   if as_json:
     argv.remove("--json")
+  by_source = "--by-source" in argv
+  if by_source:
+    argv.remove("--by-source")
   ops_json = None
   if "--ops-json" in argv:  # every op's ms per step, for ad-hoc grouping
     i = argv.index("--ops-json")
@@ -143,6 +168,11 @@ def main(argv=None):
   print("top ops:", file=sys.stderr)
   for name, ms in per_op.most_common(15):
     print(f"  {name:40s} {kinds[name]:20s} {ms:8.1f} ms", file=sys.stderr)
+  if by_source:
+    print("elementwise, reductions and copies by source:", file=sys.stderr)
+    for key, ms in source_groups(compiled.as_text(), per_op,
+                                 kinds).most_common(20):
+      print(f"  {ms:8.1f} ms  {key}", file=sys.stderr)
   if ops_json:
     with open(ops_json, "w") as f:
       json.dump({n: (kinds[n], ms) for n, ms in per_op.most_common()}, f)

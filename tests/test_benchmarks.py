@@ -291,3 +291,24 @@ def test_translation_colours_segments():
   np.testing.assert_array_equal(got[:, 0], [2, 2, 0])  # segments
   np.testing.assert_array_equal(got[:, 1], [2, 1, 0])  # nearest own class
   np.testing.assert_allclose(got[1, 2], 0.9 + 0.1 + 0.9)
+
+
+def test_profile_step_source_groups():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import profile_step  # pylint: disable=g-import-not-at-top
+  hlo = "\n".join([
+      'ENTRY %main {',
+      '  %a.1 = f32[2] fusion(%p), kind=kLoop, metadata={op_name='
+      '"jit(step)/transpose(jvp(G))/Block_3/Conv_0/slice"}',
+      '  %a.2 = f32[2] fusion(%p), kind=kLoop, metadata={op_name='
+      '"jit(step)/transpose(jvp(G))/Block_12/Conv_0/slice"}',
+      '  %d.1 = f32[2] dot(%p, %q), metadata={op_name='
+      '"jit(step)/jvp(G)/Block_3/Conv_0/dot_general"}',
+      '  %c.1 = f32[2] copy(%p)',
+      '}'])
+  kinds = {"a.1": "elementwise fusion", "a.2": "elementwise fusion",
+           "d.1": "dot/custom-call", "c.1": "copy/transpose"}
+  groups = profile_step.source_groups(
+      hlo, {"a.1": 1.5, "a.2": 2.0, "d.1": 9.0, "c.1": 0.25}, kinds)
+  assert groups == {"transpose(jvp(G))/Block_i/Conv_i/slice": 3.5,
+                    "(no op_name)": 0.25}
