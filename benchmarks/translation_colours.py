@@ -127,27 +127,30 @@ def match_bands(x: np.ndarray, rows, profile: np.ndarray) -> np.ndarray:
   return out
 
 
+def frame_coords(h: int, w: int) -> np.ndarray:
+  """``[h, w, 2]``: each pixel's column and row in [-0.5, 0.5]."""
+  rows, cols = np.meshgrid(np.linspace(-0.5, 0.5, h),
+                           np.linspace(-0.5, 0.5, w), indexing="ij")
+  return np.stack([cols, rows], -1)
+
+
 def spatial_trend(x: np.ndarray, labels: np.ndarray, c: int,
                   ignore: int) -> np.ndarray:
   """``[N, 2, 3]``: per image and RGB channel, the least-squares slopes of
-  its colours over the columns and the rows of the frame (coordinates in
-  [-0.5, 0.5]), within classes: colours and coordinates both taken
+  its colours over the columns and the rows of the frame
+  (``frame_coords``), within classes: colours and coordinates both taken
   relative to their class's mean in that image, so class layout alone
   gives no slope."""
-  n, h, w = labels.shape
-  rows, cols = np.meshgrid(np.linspace(-0.5, 0.5, h), np.linspace(
-      -0.5, 0.5, w), indexing="ij")
-  coords = np.stack([cols, rows], -1)
-  out = np.zeros((n, 2, x.shape[-1]))
-  for i in range(n):
-    valid = (labels[i] != ignore) & (labels[i] < c)
-    k = labels[i][valid]
-    design = [coords[valid], x[i][valid]]
-    for j, v in enumerate(design):
-      sums = np.stack([np.bincount(k, v[:, d], c) for d in range(v.shape[1])],
-                      -1)
-      design[j] = v - (sums / np.maximum(np.bincount(k, None, c), 1)[:, None])[k]
-    out[i] = np.linalg.lstsq(design[0], design[1], rcond=None)[0]
+  coords = frame_coords(*labels.shape[1:])
+  out = np.zeros((len(x), 2, x.shape[-1]))
+  for i, (image, label) in enumerate(zip(x, labels)):
+    both = np.concatenate([coords, image], -1)
+    sums = translation_confusion.class_colour_sums(both[None], label[None], c,
+                                                   ignore)
+    valid = label != ignore
+    centred = both[valid] - (sums[:, :-1] / np.maximum(sums[:, -1:], 1))[
+        label[valid]]
+    out[i] = np.linalg.lstsq(centred[:, :2], centred[:, 2:], rcond=None)[0]
   return out
 
 
@@ -155,14 +158,16 @@ def remove_trend(x: np.ndarray, slopes: np.ndarray,
                  axes=(0, 1)) -> np.ndarray:
   """``x`` minus the linear trends ``slopes`` (``spatial_trend``) over the
   given axes (0: columns, 1: rows)."""
-  h, w = x.shape[1:3]
-  rows, cols = np.meshgrid(np.linspace(-0.5, 0.5, h), np.linspace(
-      -0.5, 0.5, w), indexing="ij")
-  coords = (cols, rows)
+  coords = frame_coords(*x.shape[1:3])
   out = x.astype(np.float64)
   for a in axes:
-    out = out - coords[a][None, :, :, None] * slopes[:, a][:, None, None, :]
+    out = out - coords[None, :, :, a, None] * slopes[:, a][:, None, None, :]
   return out.astype(x.dtype)
+
+
+def percent(part, whole, digits: int = 1) -> float:
+  """``100 * part / whole`` rounded; 0 when ``whole`` is 0."""
+  return round(100 * float(part / max(whole, 1)), digits)
 
 
 MIN_SEGMENT = 20
@@ -288,13 +293,11 @@ def main(argv):
                       for k, v in trends.items()},
       segments={v: dict(
           count=int(m[:, 0].sum()),
-          nearest_own_class=round(100 * float(m[:, 1].sum() / max(
-              m[:, 0].sum(), 1)), 1),
+          nearest_own_class=percent(m[:, 1].sum(), m[:, 0].sum()),
           mean_l1_to_own_class=round(float(m[:, 2].sum() / max(
               m[:, 0].sum(), 1)), 3)) for v, m in segments.items()},
       bands=dict(rows=[[int(a), int(b)] for a, b in rows], **{
-          f"f_s_accuracy_{v}": [round(100 * float(h / max(n, 1)), 2)
-                                for h, n in hits]
+          f"f_s_accuracy_{v}": [percent(h, n, 2) for h, n in hits]
           for v, hits in band_hits.items()}, **{
               f"{k}_{stat}": [round(float(p), 3) for p in
                               np.mean(v, 0)[:, j]]
@@ -309,11 +312,10 @@ def main(argv):
           target_cycle_l1_noise=round(float(mean_l1("target_noise")[k]), 3),
           f_s_iou_learned=round(float(iou["learned"][k]), 1),
           f_s_iou_ideal_box5=round(float(iou["ideal_box5"][k]), 1),
-          segments_nearest_own_ideal=round(100 * float(
-              segments["ideal"][k, 1] / max(segments["ideal"][k, 0], 1)), 1),
-          segments_nearest_own_learned=round(100 * float(
-              segments["learned"][k, 1] / max(segments["learned"][k, 0], 1)),
-                                             1))
+          segments_nearest_own_ideal=percent(segments["ideal"][k, 1],
+                                             segments["ideal"][k, 0]),
+          segments_nearest_own_learned=percent(segments["learned"][k, 1],
+                                               segments["learned"][k, 0]))
                  for k, name in enumerate(names)})
   print("F_S mIoU: " + ", ".join(f"{v} {s}" for v, s in
                                  result["f_s_miou"].items()))
