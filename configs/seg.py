@@ -163,6 +163,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # which it meets on G_T->S(I_T) in the consistency loss. Not the
       # paper's (README, "Evidence"). 0 = off.
       task_reconstructed=0.0,
+      # Weight of CyCADA's semantic loss on G_T->S (not the paper's): F_S,
+      # fixed (eval mode, no gradient into it), must label G_T->S(I_T) as
+      # ``semantic_labels`` labels I_T: 'source_net' = F_S's own argmax on
+      # I_T (CyCADA's fixed source classifier), 'target_net' = F_T's argmax.
+      # Only G_T->S learns from it; ramped with the consistency. 0 = off.
+      semantic=0.0,
+      semantic_labels="source_net",
   ))
   c.optim = ml_collections.ConfigDict(dict(
       # CycleGAN: Adam 2e-4, betas (0.5, 0.999), constant then linear decay.

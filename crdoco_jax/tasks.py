@@ -99,6 +99,10 @@ def _check_regression_loss(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"loss.class_prior={config.loss.class_prior} matches class shares; "
         f"the {config.task} task has none. Leave it at 0.")
+  if config.loss.get("semantic", 0.0):
+    raise ValueError(
+        f"loss.semantic={config.loss.semantic} holds G_T->S to class "
+        f"labels; the {config.task} task has none. Leave it at 0.")
   if config.loss.get("cycle_class_balance", 0.0):
     raise ValueError(
         f"loss.cycle_class_balance={config.loss.cycle_class_balance} weighs "

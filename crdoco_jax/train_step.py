@@ -5,12 +5,14 @@ One adaptation step minimises, over translators G and task nets F,
   L_G,F = w_task * [L_task(F_S(I_S), Y_S) + L_task(F_T(I_{S->T}), Y_S)]
         + w_consistency * L_con(F_T(I_T), F_S(I_{T->S}))
         [+ w_class_prior * (KL(pi_S || <F_T(I_T)>) + KL(pi_S || <F_S(I_{T->S})>))]
+        [+ w_semantic * CE(F_S(I_{T->S}), argmax F(I_T)), F fixed]
         + w_feat_adv * [L_adv(D^feat_T(F_T(I_{S->T}))) + L_adv(D^feat_S(F_S(I_{T->S})))]
         + w_img_adv * [L_adv(D^img_T(I_{S->T})) + L_adv(D^img_S(I_{T->S}))]
         + w_rec * [|G_{T->S}(I_{S->T}) - I_S| + |G_{S->T}(I_{T->S}) - I_T|]
 
-(the bracketed class-prior term is an option, off by default and not the
-paper's: pi_S is the source batch's class histogram, <.> a mean softmax),
+(the bracketed terms are options, off by default and not the paper's:
+pi_S is the source batch's class histogram, <.> a mean softmax; the
+semantic term is CyCADA's and trains G_{T->S} only),
 then updates the discriminators on the same (detached) translations and
 predictions. L_task, L_con and what D^feat sees depend on ``config.task``
 (``tasks.py``): CE, bidirectional KL and softmax for segmentation; masked
@@ -120,6 +122,7 @@ def loss_weights(config: ml_collections.ConfigDict, step) -> Dict[str, Any]:
   return dict(task=w.task, task_reconstructed=w.get("task_reconstructed", 0.0),
               consistency=w.consistency * ramp,
               class_prior=w.get("class_prior", 0.0) * ramp,
+              semantic=w.get("semantic", 0.0) * ramp,
               feat_adv=w.feat_adv * ramp, img_adv=w.img_adv, rec=w.rec,
               identity=w.identity)
 
@@ -131,12 +134,16 @@ def all_finite(tree) -> jax.Array:
 
 
 CONSISTENCY_GRADS = ("both", "target_net", "source_net")
+SEMANTIC_LABELS = ("source_net", "target_net")
 
 
 def _check_choices(config: ml_collections.ConfigDict) -> None:
   """Fails on a misspelt choice now, not as a silent default."""
   choices = {"loss.consistency_grad": (config.loss.consistency_grad,
                                        CONSISTENCY_GRADS),
+             "loss.semantic_labels": (
+                 config.loss.get("semantic_labels", "source_net"),
+                 SEMANTIC_LABELS),
              "loss.img_gan": (config.loss.img_gan, tuple(losses.GAN_LOSSES)),
              "loss.feat_gan": (config.loss.feat_gan,
                                tuple(losses.GAN_LOSSES))}
@@ -268,6 +275,9 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                             + task.class_prior(b, y_s))
       terms["class_prior"] = _per_head(prior, heads, w.aux.consistency,
                                        out_t, out_ts)
+    if w.get("semantic", 0.0) > 0 and train_translator:
+      terms["semantic"] = semantic_term(params["task"], state, x_t, x_ts,
+                                        out_t)
     if w.feat_adv > 0:
       p_st, p_ts = d_view(out_st), d_view(out_ts)
       D_feat = lambda h, x, domain: apply_d_feat(
@@ -280,6 +290,18 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       cache["probs"] = jax.lax.stop_gradient(dict(
           s=d_view(out_s), ts=p_ts, st=p_st, t=d_view(out_t)))
     return terms, cache, F.batch_stats
+
+  def semantic_term(task_params, state: CrDoCoState, x_t, x_ts, out_t):
+    """CyCADA's semantic loss on G_T->S (``loss.semantic``): F_S, fixed,
+    scores G_T->S(I_T) ``[B, H, W, 3]`` against labels of I_T, so that
+    G_T->S keeps each object's class. Only G_T->S gets its gradient."""
+    fixed = {"params": jax.lax.stop_gradient(task_params),
+             "batch_stats": state.task.batch_stats}
+    F_S = lambda x: nets.task.apply(fixed, x, "S", train=False)
+    by = out_t if w.semantic_labels == "target_net" else F_S(x_t)
+    y = jax.lax.stop_gradient(task.predict(by["main"]))
+    return _per_head(task.supervised, heads, w.aux.task, F_S(x_ts),
+                     {h: y for h in heads})
 
   def generator_objective(params, state, batch):
     terms, cache, batch_stats = generator_terms(params, state, batch)

@@ -152,6 +152,33 @@ def test_optional_terms_and_task_on_reconstructions_training_f_s_only(
   assert not close(part(base.task.params, "_S"), part(new.task.params, "_S"))
 
 
+def test_semantic_loss_trains_g_t2s_only(tiny_config):
+  """loss.semantic (CyCADA's, F_S fixed): enters with its weight, moves the
+  translators' T2S parameters and no task-net parameter."""
+  config = seg.get_config("tiny")
+  config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
+  config.translator.task_gradients = False
+  # SGD: Adam's first update is lr * sign(g), blind to a small added term.
+  config.optim.translator.update(name="sgd", lr=0.01, weight_decay=0.0)
+  host_state = state_lib.create_train_state(
+      config, models.build_networks(config), jax.random.PRNGKey(0))
+  base, _ = _one_step(config, host_state)
+  config.loss.semantic = 0.5
+  new, m = _one_step(config, host_state)
+  assert_term_enters_with_its_weight(config, m, "semantic", 0.5)
+  # Leaves whose update differs beyond float noise (other fusions).
+  moved = lambda a, b: [
+      jax.tree_util.keystr(p) for (p, x), y in zip(
+          jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b))
+      if not np.allclose(x, y, rtol=1e-5, atol=1e-7)]
+  assert not moved(base.task.params, new.task.params)
+  changed = moved(base.translator.params, new.translator.params)
+  assert changed and all("T2S" in k for k in changed), changed
+  config.loss.semantic_labels = "target"
+  with pytest.raises(ValueError, match="semantic_labels='target'"):
+    step_lib.make_train_step(config, models.build_networks(config))
+
+
 def test_ideal_translation_replaces_f_s_view_only(tiny_config):
   """translator.ideal_t2s: F_S's view of the target (the consistency term)
   is the batch's rendering, while G_T->S's own terms (cycle, image
