@@ -312,3 +312,12 @@ def test_profile_step_source_groups():
       hlo, {"a.1": 1.5, "a.2": 2.0, "d.1": 9.0, "c.1": 0.25}, kinds)
   assert groups == {"transpose(jvp(G))/Block_i/Conv_i/slice": 3.5,
                     "(no op_name)": 0.25}
+
+
+def test_ab_step_parses_layers_constants():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import ab_step  # pylint: disable=g-import-not-at-top
+  assert ab_step._constants("KERNEL_GRAD_ROWS=False,TAP_MATMUL_MIN=64") == {
+      "KERNEL_GRAD_ROWS": False, "TAP_MATMUL_MIN": 64}
+  with pytest.raises(SystemExit, match="no 'KERNEL_ROWS'"):
+    ab_step._constants("KERNEL_ROWS=False")

@@ -29,8 +29,11 @@ def _nhwc(impl):
     # Few outputs for a wide input (live taps x outputs <= inputs).
     (3, 1, 16, 16, 30),
     # At least TAP_MATMUL_MIN kernel entries per tap (128 x 128): the kernel
-    # gradient as one matmul per tap.
-    (3, 1, 0, 1, 128), (3, 2, 1, 1, 128), (3, 1, 2, 2, 128)])
+    # gradient as one matmul per kernel row (stride 1, unpadded; dilated
+    # too) or per tap.
+    (3, 1, 0, 1, 128), (3, 1, 0, 2, 128), (3, 2, 1, 1, 128),
+    (3, 1, 2, 2, 128), (3, 1, (2, 0), 1, 128), (3, 1, 12, 12, 128),
+    (3, 1, 9, 9, 128)])
 def test_gemm_matches_xla(kernel, stride, padding, dilation, cout):
   rng = np.random.default_rng(0)
   cin = {30: 32, 128: 128}.get(cout, 5)
@@ -56,10 +59,11 @@ def test_gemm_matches_xla(kernel, stride, padding, dilation, cout):
 def test_gemm_bf16():
   """bf16 inputs and kernels: gradients in bf16, close to XLA's."""
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(1, 8, 8, 4)), jnp.bfloat16)
-  args = ((1, 1), ((1, 1), (1, 1)), (1, 1))
-  for cout in (3, 8):  # both forward forms
-    k = jnp.asarray(rng.normal(size=(3, 3, 4, cout)) * 0.1, jnp.bfloat16)
+  for cin, cout, pad in ((4, 3, 1), (4, 8, 1), (128, 128, 0)):
+    # Both forward forms; the kernel gradient by kernel rows.
+    x = jnp.asarray(rng.normal(size=(1, 8, 8, cin)), jnp.bfloat16)
+    args = ((1, 1), ((pad, pad), (pad, pad)), (1, 1))
+    k = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) * 0.1, jnp.bfloat16)
     f = lambda impl: lambda x, k: jnp.sum(
         _nhwc(impl)(x, k, *args).astype(jnp.float32) ** 2)
     ref = jax.grad(f(jax.lax.conv_general_dilated), (0, 1))(x, k)

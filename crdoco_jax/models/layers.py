@@ -269,6 +269,12 @@ FEW_OUTPUT_CHANNELS = 4
 # step. Below it the per-tap matmuls are the slow part (64 x 64 outputs
 # over 2x128x128 positions: 210 vs 85 ms).
 TAP_MATMUL_MIN = 128 * 128
+# Stride-1 convolutions among those: one matmul per kernel row
+# (_kernel_grad_rows); unpadded ones (the translators' residual blocks), and
+# zero-padded ones (DeepLab's 3x3s) with KERNEL_GRAD_ROWS_PADDED. False: per
+# tap. (A/B switches for benchmarks/ab_step.py --a-layers.)
+KERNEL_GRAD_ROWS = True
+KERNEL_GRAD_ROWS_PADDED = True
 
 
 def _few_outputs(x_shape, kernel_shape, strides, padding, dilation, out_hw):
@@ -278,6 +284,47 @@ def _few_outputs(x_shape, kernel_shape, strides, padding, dilation, out_hw):
   live = len(_live_taps(x_shape, kernel_shape, strides, padding, dilation,
                         out_hw))
   return cout <= FEW_OUTPUT_CHANNELS or live * cout <= kernel_shape[2]
+
+
+def _kernel_grad_rows(x, g, kernel_shape, padding, dilation):
+  """``im2col(x)^T g`` ``[kh, kw, C_in, C_out]`` of a stride-1
+  convolution, one matmul per kernel row.
+
+  Row ``i`` of the kernel reads the rows ``o + i*d - pad`` of ``x``
+  ``[N, H, W, C_in]`` at every column offset; with ``g`` ``[N, Ho, Wo,
+  C_out]`` placed at each tap's column offset in a ``W``-wide frame (the
+  ``kw`` frames side by side on the channel axis; outputs whose tap reads
+  padding cropped), that row's ``kw`` taps are one matmul over the
+  ``N*rows*W`` positions it reads. That copies a few row blocks and ``kw``
+  shifted ``g``s instead of ``kh*kw`` tap windows of ``x``: XLA:CPU runs
+  those copies beside the step's matmuls, where each of a translator
+  residual block's 2 MB windows took 1.2 ms instead of 0.23 ms alone
+  (reference-default step 15% faster; docs/performance_log.md, session
+  36).
+  """
+  kh, kw, cin, cout = kernel_shape
+  (hi, wi), (ho, wo) = x.shape[1:3], g.shape[1:3]
+  (top, _), (left, _) = padding
+  dh, dw = dilation
+  zero = jnp.zeros((), g.dtype)
+  # Negative padding crops (lax.pad).
+  frames = jnp.concatenate(
+      [jax.lax.pad(g, zero, ((0, 0, 0), (0, 0, 0),
+                             (j * dw - left, wi - wo - j * dw + left, 0),
+                             (0, 0, 0)))
+       for j in range(kw)], axis=-1)
+  rows = []
+  for i in range(kh):
+    r = i * dh - top  # input row of output row 0
+    o0, o1 = max(0, -r), min(ho, hi - r)
+    if o1 <= o0:  # the whole kernel row reads padding
+      rows.append(jnp.zeros((cin, kw * cout), jnp.float32))
+      continue
+    rows.append(jax.lax.dot_general(
+        x[:, o0 + r:o1 + r].reshape(-1, cin),
+        frames[:, o0:o1].reshape(-1, kw * cout),
+        (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32))
+  return jnp.stack(rows).reshape(kh, cin, kw, cout).transpose(0, 2, 1, 3)
 
 
 def _gemm_forward(x, kernel, strides, padding, dilation):
@@ -328,7 +375,11 @@ def _conv_gemm_bwd(strides, padding, dilation, res, g):
   xt_g = lambda a: jax.lax.dot_general(
       a.reshape(-1, a.shape[-1]), g.reshape(-1, cout),
       (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-  if cin * cout >= TAP_MATMUL_MIN:
+  unpadded = padding == ((0, 0), (0, 0))
+  if (cin * cout >= TAP_MATMUL_MIN and strides == (1, 1) and KERNEL_GRAD_ROWS
+      and (unpadded or KERNEL_GRAD_ROWS_PADDED)):
+    dk = _kernel_grad_rows(x, g, kernel.shape, padding, dilation)
+  elif cin * cout >= TAP_MATMUL_MIN:
     dk = jnp.stack([
         xt_g(_shifted(x, offset, strides, out_hw))
         for _, _, offset in _tap_offsets(kernel.shape, padding, dilation)])
@@ -353,8 +404,9 @@ def conv_general_dilated_gemm(
   few outputs (``_few_outputs``: ``_conv_output_taps``; for at most
   ``FEW_OUTPUT_CHANNELS`` outputs with XLA's gradients). Otherwise the
   forward pass is XLA's (padded: ``_conv_nhwc_padded``), the kernel
-  gradient is im2col(x)^T g (one matmul per tap from ``TAP_MATMUL_MIN``
-  kernel entries per tap) and the input gradient im2col's transpose
+  gradient is im2col(x)^T g (from ``TAP_MATMUL_MIN`` kernel entries per
+  tap: one matmul per kernel row when stride 1 and unpadded, else one per
+  tap) and the input gradient im2col's transpose
   applied to g W^T. The same
   function and gradients up to float summation order; the backward pass
   holds a ``kh*kw``-times copy of the input (a CPU option, not a memory
