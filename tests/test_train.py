@@ -480,7 +480,8 @@ def test_pretraining_phase_ignores_the_adaptation_only_keys(tiny_config):
     other.loss.update(task=2.0, consistency=0.5, feat_adv=0.3, feat_gan="lsgan",
                       adapt_start=3, adapt_ramp=5, consistency_grad="target_net",
                       consistency_balance=1.0, consistency_form="hard",
-                      consistency_mask="agree", consistency_mean="pixel")
+                      consistency_mask="agree", consistency_mean="pixel",
+                      semantic_labels="target_net")
     other.loss.aux.update(task=0.3, consistency=0.2, feat_adv=0.7)
     other.translator.task_gradients = False
     other.translator.ideal_t2s = True
