@@ -127,15 +127,22 @@ def assert_term_enters_with_its_weight(config, m, term, weight):
   np.testing.assert_allclose(m["loss_total"], total, rtol=1e-5)
 
 
+def _without_task_gradients(tiny_config):
+  """A fresh tiny config (same data) whose translators learn from the
+  image-level terms only, as the demo's."""
+  config = seg.get_config("tiny")
+  config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
+  config.translator.task_gradients = False
+  return config
+
+
 def test_optional_terms_and_task_on_reconstructions_training_f_s_only(
     tiny_config):
   """loss.class_prior and loss.task_reconstructed enter the objective with
   their weights; without task gradients the reconstruction term reaches F_S,
   not the translators or F_T. (Both terms in one pair of steps: each step
   compile is most of a test's time.)"""
-  config = seg.get_config("tiny")
-  config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
-  config.translator.task_gradients = False
+  config = _without_task_gradients(tiny_config)
   config.loss.class_prior = 0.5
   host_state = state_lib.create_train_state(
       config, models.build_networks(config), jax.random.PRNGKey(0))
@@ -155,9 +162,7 @@ def test_optional_terms_and_task_on_reconstructions_training_f_s_only(
 def test_semantic_loss_trains_g_t2s_only(tiny_config):
   """loss.semantic (CyCADA's, F_S fixed): enters with its weight, moves the
   translators' T2S parameters and no task-net parameter."""
-  config = seg.get_config("tiny")
-  config.data.tfds_data_dir = tiny_config.data.tfds_data_dir
-  config.translator.task_gradients = False
+  config = _without_task_gradients(tiny_config)
   # SGD: Adam's first update is lr * sign(g), blind to a small added term.
   config.optim.translator.update(name="sgd", lr=0.01, weight_decay=0.0)
   host_state = state_lib.create_train_state(
