@@ -35,6 +35,21 @@ def _nhwc(impl):
     (3, 1, 2, 2, 128), (3, 1, (2, 0), 1, 128), (3, 1, 12, 12, 128),
     (3, 1, 9, 9, 128)])
 def test_gemm_matches_xla(kernel, stride, padding, dilation, cout):
+  _check_against_xla(kernel, stride, padding, dilation, cout)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation,cout", [
+    (3, 1, 0, 1, 128), (3, 1, 2, 2, 128), (3, 1, (2, 0), 1, 128),
+    (3, 1, 1, 1, 6), (3, 2, 1, 1, 128)])
+def test_input_gradient_by_xla_convolution(monkeypatch, kernel, stride,
+                                           padding, dilation, cout):
+  """The A/B switch INPUT_GRAD_CONV: stride-1 input gradients as XLA's
+  transposed convolution (strided ones keep im2col's transpose)."""
+  monkeypatch.setattr(layers, "INPUT_GRAD_CONV", True)
+  _check_against_xla(kernel, stride, padding, dilation, cout)
+
+
+def _check_against_xla(kernel, stride, padding, dilation, cout):
   rng = np.random.default_rng(0)
   cin = {30: 32, 128: 128}.get(cout, 5)
   if cout == 128:  # the per-tap kernel gradient, not im2col's
@@ -54,6 +69,34 @@ def test_gemm_matches_xla(kernel, stride, padding, dilation, cout):
   np.testing.assert_allclose(new(x, k, *args), y_ref, rtol=1e-5, atol=1e-4)
   for a, b in zip(loss(ref)(x, k), loss(new)(x, k)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["gemm", "xla"])
+@pytest.mark.parametrize("shape,cout,kernel,stride,pad", [
+    ((2, 7, 9, 5), 6, 3, 1, 1), ((1, 2, 3, 4), 6, 3, 1, 1),
+    ((2, 6, 5, 128), 128, 3, 1, 1),
+    # Not the border-term form: reflection padding, then the convolution.
+    ((2, 9, 8, 5), 6, 7, 1, 3), ((2, 9, 8, 5), 6, 3, 2, 1)])
+def test_reflection_padded_conv_equals_padding_then_convolving(
+    impl, shape, cout, kernel, stride, pad):
+  """layers.conv(reflect=True): the translators' reflect-pad + conv, whose
+  gemm form is the zero-padded convolution plus the border terms."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  new = layers.conv(cout, kernel, stride, pad, reflect=True, impl=impl)
+  ref = layers.conv(cout, kernel, stride, 0)
+  params = new.init(jax.random.PRNGKey(0), x)
+  params = jax.tree_util.tree_map(
+      lambda p: p + 0.1 * jnp.asarray(rng.normal(size=p.shape), p.dtype),
+      params)  # non-zero biases
+  apply = {True: lambda v, x: new.apply(v, x),
+           False: lambda v, x: ref.apply(v, layers.reflect_pad(x, pad))}
+  y = apply[False](params, x)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  grads = {k: jax.jit(jax.grad(lambda v, x: jnp.sum(f(v, x) * g), (0, 1)))(
+      params, x) for k, f in apply.items()}
+  _assert_close(y, apply[True](params, x))
+  _assert_close(grads[False], grads[True])
 
 
 def test_gemm_bf16():
