@@ -71,34 +71,6 @@ def _check_against_xla(kernel, stride, padding, dilation, cout):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["gemm", "xla"])
-@pytest.mark.parametrize("shape,cout,kernel,stride,pad", [
-    ((2, 7, 9, 5), 6, 3, 1, 1), ((1, 2, 3, 4), 6, 3, 1, 1),
-    ((2, 6, 5, 128), 128, 3, 1, 1),
-    # Not the border-term form: reflection padding, then the convolution.
-    ((2, 9, 8, 5), 6, 7, 1, 3), ((2, 9, 8, 5), 6, 3, 2, 1)])
-def test_reflection_padded_conv_equals_padding_then_convolving(
-    impl, shape, cout, kernel, stride, pad):
-  """layers.conv(reflect=True): the translators' reflect-pad + conv, whose
-  gemm form is the zero-padded convolution plus the border terms."""
-  rng = np.random.default_rng(5)
-  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-  new = layers.conv(cout, kernel, stride, pad, reflect=True, impl=impl)
-  ref = layers.conv(cout, kernel, stride, 0)
-  params = new.init(jax.random.PRNGKey(0), x)
-  params = jax.tree_util.tree_map(
-      lambda p: p + 0.1 * jnp.asarray(rng.normal(size=p.shape), p.dtype),
-      params)  # non-zero biases
-  apply = {True: lambda v, x: new.apply(v, x),
-           False: lambda v, x: ref.apply(v, layers.reflect_pad(x, pad))}
-  y = apply[False](params, x)
-  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-  grads = {k: jax.jit(jax.grad(lambda v, x: jnp.sum(f(v, x) * g), (0, 1)))(
-      params, x) for k, f in apply.items()}
-  _assert_close(y, apply[True](params, x))
-  _assert_close(grads[False], grads[True])
-
-
 def test_gemm_bf16():
   """bf16 inputs and kernels: gradients in bf16, close to XLA's."""
   rng = np.random.default_rng(1)

@@ -115,24 +115,20 @@ CONV_IMPLS = ("xla", "gemm")
 def conv(features: int, kernel: int, stride: int = 1, padding: Any = 0,
          dilation: int = 1, use_bias: bool = True, kernel_init=gan_init,
          dtype: Dtype = jnp.float32, name: str = None,
-         impl: str = "xla", reflect: bool = False) -> nn.Conv:
+         impl: str = "xla") -> nn.Conv:
   """``nn.Conv`` with PyTorch-style integer padding (symmetric).
 
   ``impl='gemm'`` computes it with ``conv_general_dilated_gemm`` (matmul
   gradients; an XLA:CPU speed option) instead of XLA's convolutions: the
-  same function and gradients to float tolerance. ``reflect``: the padding
-  reflects the input (``reflect_pad``) instead of adding zeros.
+  same function and gradients to float tolerance.
   """
   if isinstance(padding, int):
     padding = ((padding, padding), (padding, padding))
-  fn = conv_general_dilated_fn(impl)
-  if reflect:
-    fn = functools.partial(_reflect_padded, fn)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=padding, kernel_dilation=(dilation, dilation),
                  use_bias=use_bias, kernel_init=kernel_init,
                  bias_init=nn.initializers.zeros, dtype=dtype, name=name,
-                 conv_general_dilated=fn)
+                 conv_general_dilated=conv_general_dilated_fn(impl))
 
 
 def conv_general_dilated_fn(impl: str):
@@ -142,76 +138,6 @@ def conv_general_dilated_fn(impl: str):
                      f"one of {CONV_IMPLS}, got {impl!r}")
   return (conv_general_dilated_gemm if impl == "gemm"
           else jax.lax.conv_general_dilated)
-
-
-# gemm: a reflection-padded 3x3 stride-1 convolution as the zero-padded one
-# plus the border rows' and columns' share (_add_reflect_border_terms); False:
-# reflection-pad, then the unpadded convolution (an A/B switch).
-REFLECT_AS_ZERO_PADDED = True
-
-
-def _reflect_padded(fn, lhs, rhs, window_strides, padding, lhs_dilation=None,
-                    rhs_dilation=None, dimension_numbers=None, **kwargs):
-  """``fn`` (a ``conv_general_dilated``) on ``lhs`` ``[N, H, W, C]``
-  padded by reflection, as ``nn.Conv`` calls it with integer ``padding``."""
-  # nn.Conv passes feature_group_count and precision; only their defaults
-  # are a plain convolution.
-  defaults = {"feature_group_count": 1, "precision": None}
-  nhwc = (lhs.ndim == 4 and dimension_numbers is not None
-          and jax.lax.conv_dimension_numbers(
-              lhs.shape, rhs.shape, dimension_numbers)
-          == jax.lax.conv_dimension_numbers(
-              lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
-  plain = (REFLECT_AS_ZERO_PADDED and fn is conv_general_dilated_gemm
-           and nhwc and rhs.shape[:2] == (3, 3)
-           and tuple(window_strides) == (1, 1)
-           and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
-           and tuple(rhs_dilation or (1, 1)) == (1, 1)
-           and tuple(lhs_dilation or (1, 1)) == (1, 1)
-           and all(k in defaults and v == defaults[k]
-                   for k, v in kwargs.items())
-           and min(lhs.shape[1:3]) >= 2)
-  if plain:
-    y = fn(lhs, rhs, (1, 1), padding, dimension_numbers=dimension_numbers)
-    return _add_reflect_border_terms(y, lhs, rhs)
-  (top, bottom), (left, right) = padding
-  x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)),
-              mode="reflect")
-  return fn(x, rhs, window_strides, ((0, 0), (0, 0)), lhs_dilation,
-            rhs_dilation, dimension_numbers, **kwargs)
-
-
-def _add_reflect_border_terms(y, x, kernel):
-  """``y`` plus what a 3x3 convolution of ``x`` ``[N, H, W, C]``
-  reflection-padded by one adds to the zero-padded one, ``y``: the padding
-  ring's reflected values, read only by the border outputs (the
-  convolution is linear in its input). Per side a 1-D, 3-tap convolution
-  along the border: the top ring row (with its corners) through kernel row
-  0 into output row 0, the left ring column (without them) through kernel
-  column 0 into output column 0, and so on; a few border matmuls, where
-  the reflection-padded input would copy the whole map and cost a
-  convolution over (H + 2) x (W + 2) outputs, cropped
-  (_conv_nhwc_padded).
-  """
-  h, w = x.shape[1:3]
-
-  def along(strip, taps):  # [N, L + 2, C] through [3, C, O] -> [N, L, O]
-    length = strip.shape[1] - 2
-    return sum(jax.lax.dot_general(strip[:, t:t + length], taps[t],
-                                   (((2,), (0,)), ((), ())),
-                                   preferred_element_type=jnp.float32)
-               for t in range(3)).astype(y.dtype)
-
-  def row(r):  # input row r with its reflected ends, [N, W + 2, C]
-    return jnp.pad(x[:, r], ((0, 0), (1, 1), (0, 0)), mode="reflect")
-
-  def col(c):  # input column c, zero-extended: [N, H + 2, C]
-    return jnp.pad(x[:, :, c], ((0, 0), (1, 1), (0, 0)))
-
-  y = y.at[:, 0].add(along(row(1), kernel[0]))  # ring row -1 = row 1
-  y = y.at[:, h - 1].add(along(row(h - 2), kernel[2]))  # ring row H
-  y = y.at[:, :, 0].add(along(col(1), kernel[:, 0]))  # ring column -1
-  return y.at[:, :, w - 1].add(along(col(w - 2), kernel[:, 2]))
 
 
 def _conv_nhwc(x, kernel, strides, padding, dilation):

@@ -38,8 +38,8 @@ class ResidualBlock(nn.Module):
     dim = x.shape[-1]
     y = x
     for i in range(2):
-      y = layers.conv(dim, 3, padding=1, reflect=True, dtype=self.dtype,
-                      impl=self.conv_impl)(y)
+      y = layers.conv(dim, 3, dtype=self.dtype, impl=self.conv_impl)(
+          layers.reflect_pad(y, 1))
       y = layers.instance_norm(self.dtype)(y)
       if i == 0:
         y = nn.relu(y)
