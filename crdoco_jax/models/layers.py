@@ -277,8 +277,9 @@ KERNEL_GRAD_ROWS = True
 KERNEL_GRAD_ROWS_PADDED = True
 # True: stride-1 input gradients by XLA's own transposed convolution (a
 # forward convolution of g with the flipped kernel) instead of im2col's
-# transpose. Exact, but not faster in the reference-default step (1.02 of
-# the step time; docs/performance_log.md, session 37): an A/B switch.
+# transpose. Exact, but not shown faster in the reference-default step
+# (1.02 of the step time, inside one A/B run's noise;
+# docs/performance_log.md, sessions 37-38): an A/B switch.
 INPUT_GRAD_CONV = False
 
 
