@@ -49,17 +49,6 @@ def test_input_gradient_by_xla_convolution(monkeypatch, kernel, stride,
   _check_against_xla(kernel, stride, padding, dilation, cout)
 
 
-@pytest.mark.parametrize("kernel,stride,padding,dilation,cout", [
-    (3, 1, 0, 1, 128), (3, 1, 0, 2, 128), (3, 1, 2, 2, 128),
-    (3, 1, (2, 0), 1, 128), (3, 1, 12, 12, 128), (3, 1, 9, 9, 128)])
-def test_input_gradient_by_kernel_rows(monkeypatch, kernel, stride, padding,
-                                       dilation, cout):
-  """The A/B switch INPUT_GRAD_ROWS: the input gradient by kernel rows,
-  from the kernel gradient's frames of g."""
-  monkeypatch.setattr(layers, "INPUT_GRAD_ROWS", True)
-  _check_against_xla(kernel, stride, padding, dilation, cout)
-
-
 def _check_against_xla(kernel, stride, padding, dilation, cout):
   rng = np.random.default_rng(0)
   cin = {30: 32, 128: 128}.get(cout, 5)

@@ -281,11 +281,6 @@ KERNEL_GRAD_ROWS_PADDED = True
 # (1.02 of the step time, inside one A/B run's noise;
 # docs/performance_log.md, sessions 37-38): an A/B switch.
 INPUT_GRAD_CONV = False
-# True: where the kernel gradient is by kernel rows, the input gradient is
-# too (_input_grad_rows), from the same frames of g; False: im2col's
-# transpose. Exact, but 1-2% slower in both A/B orders at the reference
-# defaults (docs/performance_log.md, session 39): an A/B switch, off.
-INPUT_GRAD_ROWS = False
 
 
 def _few_outputs(x_shape, kernel_shape, strides, padding, dilation, out_hw):
@@ -297,87 +292,45 @@ def _few_outputs(x_shape, kernel_shape, strides, padding, dilation, out_hw):
   return cout <= FEW_OUTPUT_CHANNELS or live * cout <= kernel_shape[2]
 
 
-def _row_frames(g, in_w, kw, left, dw):
-  """``[N, Ho, W, kw*C_out]``: ``g`` ``[N, Ho, Wo, C_out]`` placed at each
-  kernel column's offset in a ``W``-wide frame (``W``: the input's width;
-  outputs whose tap reads padding cropped), the ``kw`` frames side by side
-  on the channel axis. Both row-form gradients of a stride-1 convolution
-  read it: column ``j`` of the kernel pairs input column ``w`` with frame
-  column ``w``."""
-  wo = g.shape[2]
-  zero = jnp.zeros((), g.dtype)
-  # Negative padding crops (lax.pad).
-  return jnp.concatenate(
-      [jax.lax.pad(g, zero, ((0, 0, 0), (0, 0, 0),
-                             (j * dw - left, in_w - wo - j * dw + left, 0),
-                             (0, 0, 0)))
-       for j in range(kw)], axis=-1)
-
-
-def _kernel_rows(kh, dh, top, in_h, out_h):
-  """``[(i, r, o0, o1)]``: kernel row ``i`` reads input row ``o + r`` for
-  the output rows ``o0 <= o < o1`` (rows that read only padding left out)."""
-  rows = []
-  for i in range(kh):
-    r = i * dh - top
-    o0, o1 = max(0, -r), min(out_h, in_h - r)
-    if o0 < o1:
-      rows.append((i, r, o0, o1))
-  return rows
-
-
-def _kernel_grad_rows(x, frames, kernel_shape, padding, dilation):
+def _kernel_grad_rows(x, g, kernel_shape, padding, dilation):
   """``im2col(x)^T g`` ``[kh, kw, C_in, C_out]`` of a stride-1
   convolution, one matmul per kernel row.
 
   Row ``i`` of the kernel reads the rows ``o + i*d - pad`` of ``x``
-  ``[N, H, W, C_in]`` at every column offset; against ``frames``
-  (``_row_frames`` of ``g``), that row's ``kw`` taps are one matmul over
-  the ``N*rows*W`` positions it reads. That copies a few row blocks and
-  ``kw`` shifted ``g``s instead of ``kh*kw`` tap windows of ``x``: XLA:CPU
-  runs those copies beside the step's matmuls, where each of a translator
+  ``[N, H, W, C_in]`` at every column offset; with ``g`` ``[N, Ho, Wo,
+  C_out]`` placed at each tap's column offset in a ``W``-wide frame (the
+  ``kw`` frames side by side on the channel axis; outputs whose tap reads
+  padding cropped), that row's ``kw`` taps are one matmul over the
+  ``N*rows*W`` positions it reads. That copies a few row blocks and ``kw``
+  shifted ``g``s instead of ``kh*kw`` tap windows of ``x``: XLA:CPU runs
+  those copies beside the step's matmuls, where each of a translator
   residual block's 2 MB windows took 1.2 ms instead of 0.23 ms alone
   (reference-default step 15% faster; docs/performance_log.md, session
   36).
   """
   kh, kw, cin, cout = kernel_shape
-  rows = {i: jax.lax.dot_general(
-      x[:, o0 + r:o1 + r].reshape(-1, cin),
-      frames[:, o0:o1].reshape(-1, kw * cout),
-      (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-          for i, r, o0, o1 in _kernel_rows(kh, dilation[0], padding[0][0],
-                                           x.shape[1], frames.shape[1])}
-  zeros = jnp.zeros((cin, kw * cout), jnp.float32)  # a row reading padding
-  dk = jnp.stack([rows.get(i, zeros) for i in range(kh)])
-  return dk.reshape(kh, cin, kw, cout).transpose(0, 2, 1, 3)
-
-
-def _input_grad_rows(frames, kernel, in_h, padding, dilation):
-  """``dx`` ``[N, H, W, C_in]`` (f32) of a stride-1 convolution, one
-  matmul per kernel row: ``frames`` (``_row_frames`` of ``g``) times that
-  row's ``[kw*C_out, C_in]`` kernel gives its share of ``dx`` for the
-  input rows it reads, added in at their row offset.
-
-  Against im2col's transpose (``g W^T``, ``kh*kw`` times the input's
-  size, then one pad and add per tap), the intermediates are ``kh`` row
-  blocks of the input's size, and the frames are shared with the kernel
-  gradient; the matmuls cost ``W / Wo`` times as much (a translator
-  residual block: 34/32).
-  """
-  kh, kw, cin, cout = kernel.shape
-  n, ho, w = frames.shape[:3]
-  zero = jnp.zeros((), jnp.float32)
-  dx = jnp.zeros((n, in_h, w, cin), jnp.float32)
-  for i, r, o0, o1 in _kernel_rows(kh, dilation[0], padding[0][0], in_h, ho):
-    f = frames if (o0, o1) == (0, ho) else frames[:, o0:o1]
-    y = jax.lax.dot_general(
-        f.reshape(-1, kw * cout),
-        kernel[i].transpose(0, 2, 1).reshape(kw * cout, cin),
-        (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    dx = dx + jax.lax.pad(y.reshape(n, o1 - o0, w, cin), zero,
-                          ((0, 0, 0), (o0 + r, in_h - o1 - r, 0),
-                           (0, 0, 0), (0, 0, 0)))
-  return dx
+  (hi, wi), (ho, wo) = x.shape[1:3], g.shape[1:3]
+  (top, _), (left, _) = padding
+  dh, dw = dilation
+  zero = jnp.zeros((), g.dtype)
+  # Negative padding crops (lax.pad).
+  frames = jnp.concatenate(
+      [jax.lax.pad(g, zero, ((0, 0, 0), (0, 0, 0),
+                             (j * dw - left, wi - wo - j * dw + left, 0),
+                             (0, 0, 0)))
+       for j in range(kw)], axis=-1)
+  rows = []
+  for i in range(kh):
+    r = i * dh - top  # input row of output row 0
+    o0, o1 = max(0, -r), min(ho, hi - r)
+    if o1 <= o0:  # the whole kernel row reads padding
+      rows.append(jnp.zeros((cin, kw * cout), jnp.float32))
+      continue
+    rows.append(jax.lax.dot_general(
+        x[:, o0 + r:o1 + r].reshape(-1, cin),
+        frames[:, o0:o1].reshape(-1, kw * cout),
+        (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32))
+  return jnp.stack(rows).reshape(kh, cin, kw, cout).transpose(0, 2, 1, 3)
 
 
 def _gemm_forward(x, kernel, strides, padding, dilation):
@@ -417,17 +370,10 @@ def _conv_gemm_bwd(strides, padding, dilation, res, g):
     return vjp(g)
   cols_of = lambda x_: _im2col(x_, (kh, kw), strides, padding, dilation,
                                out_hw)
-  unpadded = padding == ((0, 0), (0, 0))
-  rows = (cin * cout >= TAP_MATMUL_MIN and strides == (1, 1)
-          and KERNEL_GRAD_ROWS and (unpadded or KERNEL_GRAD_ROWS_PADDED))
-  frames = (_row_frames(g, x.shape[2], kw, padding[1][0], dilation[1])
-            if rows else None)
   if INPUT_GRAD_CONV and strides == (1, 1):
     _, x_vjp = jax.vjp(
         lambda x_: _conv_nhwc(x_, kernel, strides, padding, dilation), x)
     (dx,) = x_vjp(g)
-  elif rows and INPUT_GRAD_ROWS:
-    dx = _input_grad_rows(frames, kernel, x.shape[1], padding, dilation)
   else:
     # dcols = g W^T; the input gradient is im2col's transpose (pads +
     # adds), summed in f32.
@@ -436,13 +382,14 @@ def _conv_gemm_bwd(strides, padding, dilation, res, g):
                                 preferred_element_type=jnp.float32)
     _, cols_vjp = jax.vjp(cols_of, x.astype(jnp.float32))
     (dx,) = cols_vjp(dcols)
-  # dk = im2col(x)^T g, as one matmul, one per kernel row or one per tap
-  # (TAP_MATMUL_MIN).
+  # dk = im2col(x)^T g, as one matmul or one per tap (TAP_MATMUL_MIN).
   xt_g = lambda a: jax.lax.dot_general(
       a.reshape(-1, a.shape[-1]), g.reshape(-1, cout),
       (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-  if rows:
-    dk = _kernel_grad_rows(x, frames, kernel.shape, padding, dilation)
+  unpadded = padding == ((0, 0), (0, 0))
+  if (cin * cout >= TAP_MATMUL_MIN and strides == (1, 1) and KERNEL_GRAD_ROWS
+      and (unpadded or KERNEL_GRAD_ROWS_PADDED)):
+    dk = _kernel_grad_rows(x, g, kernel.shape, padding, dilation)
   elif cin * cout >= TAP_MATMUL_MIN:
     dk = jnp.stack([
         xt_g(_shifted(x, offset, strides, out_hw))
