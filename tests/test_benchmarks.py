@@ -321,3 +321,32 @@ def test_ab_step_parses_layers_constants():
       "KERNEL_GRAD_ROWS": False, "TAP_MATMUL_MIN": 64}
   with pytest.raises(SystemExit, match="no 'KERNEL_ROWS'"):
     ab_step._constants("KERNEL_ROWS=False")
+
+
+def test_translator_stages_compare_identical_work(capsys):
+  """Each stage's JAX and PyTorch modules hold the same parameters (as the
+  full generators do), and the report sums the stages, the residual block
+  counted --gen-blocks times."""
+  pytest.importorskip("torch")
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import step_time  # pylint: disable=g-import-not-at-top
+  import translator_stages  # pylint: disable=g-import-not-at-top
+  from crdoco_jax.models import layers  # pylint: disable=g-import-not-at-top
+  flags = ["--image-size", "16", "--batch", "1", "--ngf", "4",
+           "--gen-blocks", "2", "--subpixel", "--conv", "gemm"]
+  stages = translator_stages.stages(step_time.parse_args(flags))
+  assert [s[-1] for s in stages] == [1, 1, 1, 2, 1, 1, 1]
+  for name, module, net, shape, _ in stages:
+    params = module.init(jax.random.PRNGKey(0), jnp.zeros(shape))["params"]
+    assert layers.count_params(params) == sum(
+        p.numel() for p in net.parameters()), name
+  translator_stages.main(flags)
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 8 and lines[-1].startswith("sum")
+  ms = lambda line, lib: float(line.split(f"{lib} ")[1].split(" ms")[0])
+  for lib in ("JAX", "PyTorch"):
+    total = sum((2 if line.startswith("residual") else 1) * ms(line, lib)
+                for line in lines[:-1])
+    assert abs(ms(lines[-1], lib) - total) < 0.05, lib  # 2-decimal rounding
