@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from crdoco_jax.models import layers
+from crdoco_jax.models import winograd
 
 
 def _nhwc(impl):
@@ -49,12 +50,63 @@ def test_input_gradient_by_xla_convolution(monkeypatch, kernel, stride,
   _check_against_xla(kernel, stride, padding, dilation, cout)
 
 
-def _check_against_xla(kernel, stride, padding, dilation, cout):
+@pytest.mark.parametrize("shape,cout", [((2, 8, 6, 3), 5), ((1, 4, 10, 7), 2),
+                                         ((2, 12, 14, 16), 16)])
+def test_winograd_conv3x3_matches_xla(shape, cout):
+  """F(2x2, 3x3): outputs and both gradients of XLA's VALID convolution,
+  odd and even tile counts, one tile row."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, shape[-1], cout)), jnp.float32)
+  ref = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision="highest")
+  y = ref(x, k)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  np.testing.assert_allclose(winograd.conv3x3(x, k), y, rtol=1e-5, atol=1e-4)
+  grads = jax.jit(lambda x, k: jax.vjp(winograd.conv3x3, x, k)[1](g))(x, k)
+  for a, b in zip(jax.vjp(ref, x, k)[1](g), grads):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
+
+
+def test_gemm_takes_winograd_where_it_applies(monkeypatch):
+  """conv_general_dilated_gemm sends wide, unpadded 3x3 stride-1 float32
+  convolutions with even outputs to winograd.conv3x3, and nothing else;
+  with WINOGRAD_MIN None, none."""
+  calls, original = [], winograd.conv3x3
+  def counted(x, k):
+    calls.append(x.shape)
+    return original(x, k)
+  monkeypatch.setattr(layers.winograd, "conv3x3", counted)
+  rng = np.random.default_rng(2)
+  k = jnp.asarray(rng.normal(size=(3, 3, 128, 128)) * 0.05, jnp.float32)
+  conv = lambda x, pad=0, stride=1: layers.conv_general_dilated_gemm(
+      x, k.astype(x.dtype), (stride,) * 2, ((pad, pad),) * 2,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  x = jnp.asarray(rng.normal(size=(2, 14, 12, 128)), jnp.float32)
+  _check_against_xla(3, 1, 0, 1, 128, shape=(2, 14, 12))  # through it
+  assert calls == [(2, 14, 12, 128)] * len(calls) and calls
+  calls.clear()
+  for skipped in (lambda: conv(x, pad=1), lambda: conv(x, stride=2),
+                  lambda: conv(x[:, :13]),
+                  lambda: conv(x.astype(jnp.bfloat16))):
+    skipped()
+  assert not calls
+  monkeypatch.setattr(layers, "WINOGRAD_MIN", None)
+  conv(x)
+  assert not calls
+  monkeypatch.setattr(layers, "WINOGRAD_MIN", 128 * 128 + 1)
+  conv(x)
+  assert not calls
+
+
+def _check_against_xla(kernel, stride, padding, dilation, cout,
+                       shape=(2, 13, 11)):
   rng = np.random.default_rng(0)
   cin = {30: 32, 128: 128}.get(cout, 5)
   if cout == 128:  # the per-tap kernel gradient, not im2col's
     assert cin * cout >= layers.TAP_MATMUL_MIN
-  x = jnp.asarray(rng.normal(size=(2, 13, 11, cin)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=shape + (cin,)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(kernel, kernel, cin, cout)), jnp.float32)
   pad = (padding if padding == "SAME" else (padding,) * 2
          if isinstance(padding, tuple) else ((padding,) * 2,) * 2)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crdoco_jax.models import normalization
+from crdoco_jax.models import winograd
 
 Dtype = Any
 
@@ -281,6 +282,11 @@ KERNEL_GRAD_ROWS_PADDED = True
 # (1.02 of the step time, inside one A/B run's noise;
 # docs/performance_log.md, sessions 37-38): an A/B switch.
 INPUT_GRAD_CONV = False
+# Unpadded 3x3 stride-1 float32 convolutions with at least this many kernel
+# entries per tap (C_in x C_out; the translators' residual blocks) run as
+# Winograd F(2x2, 3x3) (winograd.conv3x3: 2.25x fewer FLOPs, forward and
+# both gradients); None: never. (An A/B switch for benchmarks/ab_step.py.)
+WINOGRAD_MIN = 128 * 128
 
 
 def _few_outputs(x_shape, kernel_shape, strides, padding, dilation, out_hw):
@@ -448,4 +454,8 @@ def conv_general_dilated_gemm(
   if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
     # A 1x1 convolution is a matmul: autodiff gives matmul gradients.
     return pixel_matmul(lhs[:, ::strides[0], ::strides[1]], rhs[0, 0])
+  if (WINOGRAD_MIN is not None and rhs.shape[2] * rhs.shape[3] >= WINOGRAD_MIN
+      and winograd.applies(lhs.shape, rhs.shape, strides, padding, dilation,
+                           lhs.dtype)):
+    return winograd.conv3x3(lhs, rhs.astype(lhs.dtype))
   return _conv_gemm(lhs, rhs, strides, padding, dilation)
