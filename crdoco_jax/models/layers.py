@@ -419,7 +419,9 @@ def conv_general_dilated_gemm(
   channels) several times slower than the equivalent matmuls. Here a 1x1
   convolution is a matmul (so autodiff gives matmuls), and so is one with
   few outputs (``_few_outputs``: ``_conv_output_taps``; for at most
-  ``FEW_OUTPUT_CHANNELS`` outputs with XLA's gradients). Otherwise the
+  ``FEW_OUTPUT_CHANNELS`` outputs with XLA's gradients), and a wide
+  unpadded 3x3 stride-1 one is Winograd's F(2x2, 3x3) with its own
+  gradients (``WINOGRAD_MIN``, ``winograd.conv3x3``). Otherwise the
   forward pass is XLA's (padded: ``_conv_nhwc_padded``), the kernel
   gradient is im2col(x)^T g (from ``TAP_MATMUL_MIN`` kernel entries per
   tap: one matmul per kernel row when stride 1 and unpadded, else one per
