@@ -198,6 +198,25 @@ def test_translator_speed_options_match_the_plain_translator(share_encoder,
     _assert_same_function(make, x, lambda m, v, x: m.apply(v, x, direction))
 
 
+def test_translator_with_winograd_residual_blocks_matches_plain(monkeypatch):
+  """The gemm translator whose residual blocks run as Winograd (its
+  threshold lowered to this tiny width) computes the plain translator's
+  function and gradients."""
+  from crdoco_jax.models import translator  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(layers, "WINOGRAD_MIN", 16 * 16)  # ngf 4: 16 x 16
+  calls, original = [], winograd.conv3x3
+  monkeypatch.setattr(layers.winograd, "conv3x3",
+                      lambda x, k: calls.append(x.shape) or original(x, k))
+  # 16x8 images: 4x2 residual maps, even, as Winograd needs.
+  x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (2, 16, 8, 3)),
+                  jnp.float32)
+  make = lambda fast: translator.TranslatorPair(
+      ngf=4, n_blocks=2, **(dict(conv_impl="gemm", subpixel=True)
+                            if fast else {}))
+  _assert_same_function(make, x, lambda m, v, x: m.apply(v, x, "T2S"))
+  assert calls and set(calls) == {(2, 6, 4, 16)}
+
+
 def test_gemm_task_nets_and_discriminators_match_xla():
   """A bottleneck DeepLab with both heads (1x1, strided and dilated convs,
   ASPP), in eval mode, and both kinds of discriminator."""
