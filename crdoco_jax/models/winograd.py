@@ -103,8 +103,9 @@ def _fwd(x, k):
 
 
 def _bwd(res, g):
-  # The input and kernel tiles are recomputed (0.6 and 0.1 of the input's
-  # size in time): the residuals stay x and k, as for the direct form.
+  # The input and kernel tiles are recomputed rather than saved (the input
+  # tiles are 4x the input's size): the residuals stay x and k, as for the
+  # direct form.
   x, k = res
   n, hp, wp, c = x.shape
   th, tw = (hp - 2) // 2, (wp - 2) // 2
