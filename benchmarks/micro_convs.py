@@ -2,13 +2,15 @@
 compute.conv='gemm' (layers.conv_general_dilated_gemm), and the
 translators' transposed convs vs SubpixelConvTranspose.
 
-  PYTHONPATH=. python benchmarks/micro_convs.py
+  PYTHONPATH=. python benchmarks/micro_convs.py [convs upsampling valid_padding winograd]
 
 Prints, per layer: forward ms and forward + both gradients ms for each
 implementation, and the gradients' largest relative difference; then the
-translators' transposed convs vs SubpixelConvTranspose, and XLA's unpadded
-convolutions vs the same run zero-padded and cropped.
+translators' transposed convs vs SubpixelConvTranspose, XLA's unpadded
+convolutions vs the same run zero-padded and cropped, and a residual
+block's convolution direct vs Winograd.
 """
+import sys
 import time
 
 import flax.linen as nn
@@ -100,7 +102,36 @@ def compare_valid_padding():
           flush=True)
 
 
+def compare_winograd():
+  """A translator residual block's convolution (3x3, 256 -> 256, unpadded,
+  on 2x34x34) in the gemm path, direct (``layers.WINOGRAD_MIN = None``)
+  and as Winograd F(2x2, 3x3) (the default)."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 34, 34, 256)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 256, 256)) * 0.05, jnp.float32)
+  g = jnp.asarray(rng.normal(size=(2, 32, 32, 256)), jnp.float32)
+  default, row, grads = layers.WINOGRAD_MIN, [], []
+  for name, threshold in (("direct", None), ("winograd", default)):
+    layers.WINOGRAD_MIN = threshold  # read while tracing
+    # A new function per setting: jit caches traces by function.
+    f = lambda x, w: layers.conv_general_dilated_gemm(
+        x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    fwd = jax.jit(f)
+    vjp = jax.jit(lambda x, w: jax.vjp(f, x, w)[1](g))
+    grads.append(vjp(x, w))
+    row.append(f"{name}: fwd {bench(fwd, x, w, n=21):.2f} ms, both "
+               f"gradients {bench(vjp, x, w, n=21):.2f} ms")
+  layers.WINOGRAD_MIN = default
+  err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+            for a, b in zip(*grads))
+  print((2, 34, 34, 256), 3, 256, " | ".join(row), f"grad relerr {err:.1e}",
+        flush=True)
+
+
+SECTIONS = dict(convs=compare_convs, upsampling=compare_upsampling,
+                valid_padding=compare_valid_padding, winograd=compare_winograd)
+
 if __name__ == "__main__":
-  compare_convs()
-  compare_upsampling()
-  compare_valid_padding()
+  # Section names on the command line run only those; none: all.
+  for section in sys.argv[1:] or list(SECTIONS):
+    SECTIONS[section]()
