@@ -69,15 +69,19 @@ def test_winograd_conv3x3_matches_xla(shape, cout):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
 
 
+def _count_winograd_calls(monkeypatch):
+  """The input shapes of every winograd.conv3x3 call from here on."""
+  calls, original = [], winograd.conv3x3
+  monkeypatch.setattr(layers.winograd, "conv3x3",
+                      lambda x, k: calls.append(x.shape) or original(x, k))
+  return calls
+
+
 def test_gemm_takes_winograd_where_it_applies(monkeypatch):
   """conv_general_dilated_gemm sends wide, unpadded 3x3 stride-1 float32
   convolutions with even outputs to winograd.conv3x3, and nothing else;
   with WINOGRAD_MIN None, none."""
-  calls, original = [], winograd.conv3x3
-  def counted(x, k):
-    calls.append(x.shape)
-    return original(x, k)
-  monkeypatch.setattr(layers.winograd, "conv3x3", counted)
+  calls = _count_winograd_calls(monkeypatch)
   rng = np.random.default_rng(2)
   k = jnp.asarray(rng.normal(size=(3, 3, 128, 128)) * 0.05, jnp.float32)
   conv = lambda x, pad=0, stride=1: layers.conv_general_dilated_gemm(
@@ -204,9 +208,7 @@ def test_translator_with_winograd_residual_blocks_matches_plain(monkeypatch):
   function and gradients."""
   from crdoco_jax.models import translator  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(layers, "WINOGRAD_MIN", 16 * 16)  # ngf 4: 16 x 16
-  calls, original = [], winograd.conv3x3
-  monkeypatch.setattr(layers.winograd, "conv3x3",
-                      lambda x, k: calls.append(x.shape) or original(x, k))
+  calls = _count_winograd_calls(monkeypatch)
   # 16x8 images: 4x2 residual maps, even, as Winograd needs.
   x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (2, 16, 8, 3)),
                   jnp.float32)
