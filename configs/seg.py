@@ -166,7 +166,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # Weight of CyCADA's semantic loss on G_T->S (not the paper's): F_S,
       # fixed (eval mode, no gradient into it), must label G_T->S(I_T) as
       # ``semantic_labels`` labels I_T: 'source_net' = F_S's own argmax on
-      # I_T (CyCADA's fixed source classifier), 'target_net' = F_T's argmax.
+      # I_T (CyCADA's fixed source classifier), 'target_net' = F_T's argmax,
+      # 'ensemble' = argmax of F_T(I_T)'s and F_S(G_T->S(I_T))'s mean softmax.
       # Only G_T->S learns from it; ramped with the consistency. 0 = off.
       semantic=0.0,
       semantic_labels="source_net",

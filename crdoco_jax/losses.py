@@ -205,6 +205,14 @@ def agreement_mask(logits_a: Array, logits_b: Array) -> Array:
   return jnp.argmax(logits_a, -1) == jnp.argmax(logits_b, -1)
 
 
+def ensemble_labels(logits_a: Array, logits_b: Array) -> Array:
+  """``[N, H, W]`` argmax of the two predictions' mean class probabilities
+  (``[N, H, W, C]`` logits each): where the nets disagree, the more
+  confident one decides. Labels for ``loss.semantic`` (not the paper's)."""
+  probs = jax.nn.softmax(_f32(logits_a), -1) + jax.nn.softmax(_f32(logits_b), -1)
+  return jnp.argmax(probs, -1)
+
+
 def class_balance_weights(logits_a: Array, logits_b: Array,
                           power: float = 1.0, eps: float = 1e-4) -> Array:
   """Per-pixel weights that balance a consistency loss over classes.

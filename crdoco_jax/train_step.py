@@ -134,7 +134,7 @@ def all_finite(tree) -> jax.Array:
 
 
 CONSISTENCY_GRADS = ("both", "target_net", "source_net")
-SEMANTIC_LABELS = ("source_net", "target_net")
+SEMANTIC_LABELS = ("source_net", "target_net", "ensemble")
 
 
 def _check_choices(config: ml_collections.ConfigDict) -> None:
@@ -298,9 +298,16 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     fixed = {"params": jax.lax.stop_gradient(task_params),
              "batch_stats": state.task.batch_stats}
     F_S = lambda x: nets.task.apply(fixed, x, "S", train=False)
-    by = out_t if w.semantic_labels == "target_net" else F_S(x_t)
-    y = jax.lax.stop_gradient(task.predict(by["main"]))
-    return _per_head(task.supervised, heads, w.aux.task, F_S(x_ts),
+    scored = F_S(x_ts)
+    if w.semantic_labels == "ensemble":
+      # F_T's view and F_S's view through G_T->S together, so that G_T->S
+      # is not pulled to F_T's labels where its own view is surer.
+      y = losses.ensemble_labels(out_t["main"], scored["main"])
+    else:
+      by = out_t if w.semantic_labels == "target_net" else F_S(x_t)
+      y = task.predict(by["main"])
+    y = jax.lax.stop_gradient(y)
+    return _per_head(task.supervised, heads, w.aux.task, scored,
                      {h: y for h in heads})
 
   def generator_objective(params, state, batch):

@@ -136,6 +136,23 @@ def test_cross_pseudo_label_matches_numpy():
   np.testing.assert_allclose(g, np.exp(log_softmax(a)) - onehot, atol=1e-5)
 
 
+def test_ensemble_labels_let_the_surer_prediction_decide():
+  # Pixel 0: both say class 1. Pixel 1: a is sure of 2, b leans to 0.
+  # Pixel 2: b is sure of 0, a leans to 1.
+  a = np.log(np.array([[[0.1, 0.8, 0.1], [0.02, 0.02, 0.96],
+                        [0.3, 0.4, 0.3]]]))
+  b = np.log(np.array([[[0.2, 0.6, 0.2], [0.4, 0.3, 0.3],
+                        [0.9, 0.05, 0.05]]]))
+  labels = losses.ensemble_labels(jnp.asarray(a), jnp.asarray(b))
+  np.testing.assert_array_equal(labels, [[1, 2, 0]])
+  rng = np.random.default_rng(5)
+  x, y = (rng.normal(size=(2, 4, 5, 6)) * 2 for _ in range(2))
+  p = lambda z: np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+  np.testing.assert_array_equal(
+      losses.ensemble_labels(jnp.asarray(x), jnp.asarray(y)),
+      (p(x) + p(y)).argmax(-1))
+
+
 def test_class_balance_weights():
   # One-hot-like predictions: class 0 on 90% of the pixels, class 1 on 10%.
   labels = np.zeros((2, 10, 10), np.int32)
