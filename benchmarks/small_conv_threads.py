@@ -1,6 +1,6 @@
 """One residual-block conv of the small setting's translator (3x3, 128 -> 128
 on 16x16 maps), forward only, in JAX (XLA:CPU) and PyTorch, on the cores this
-process may use. README "Speed" compares one core with two:
+process may use. docs/performance_log.md (session 12) compares one core with two:
 
   taskset -c 0 python benchmarks/small_conv_threads.py
   python benchmarks/small_conv_threads.py
