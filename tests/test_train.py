@@ -323,38 +323,26 @@ def test_save_restore_gives_identical_state(tiny_config, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_restart_resumes_from_last_checkpoint_and_rejects_other_config(
-    tiny_config, tmp_path):
-  workdir = str(tmp_path / "run")
+def test_no_target_evaluation_while_only_translators_train(tiny_config,
+                                                           tmp_path):
+  """Also what a run leaves behind (checkpoints, images, events) and that a
+  workdir refuses a config of other network shapes. Resuming is tested
+  across processes in test_reliability.py."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   config = tiny_config
-  config.train.num_steps = 2
-  first = train.train_and_evaluate(config, workdir)
-  assert first["step"] == 2
-  config.train.num_steps = 4
-  second = train.train_and_evaluate(config, workdir)
-  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
-                                                         "checkpoints")))
-  assert steps == [2, 4] and second["step"] == 4
+  config.translator.pretrain_steps = 2
+  config.train.update(num_steps=4, eval_every=1, checkpoint_every=2,
+                      image_every=4)
+  workdir = str(tmp_path)
+  assert train.train_and_evaluate(config, workdir)["step"] == 4
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
   state, manager = train.initial_state(config, workdir)
   assert int(state.step) == 4 and manager.latest_step() == 4
   assert os.listdir(os.path.join(workdir, "images"))
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
-  # The same workdir with different network shapes: a clear error.
   config.task_net.width = 16
   with pytest.raises(checkpointing.IncompatibleCheckpointError,
                      match=r"task_net\.width: 8 -> 16"):
     train.initial_state(config, workdir)
-
-
-def test_no_target_evaluation_while_only_translators_train(tiny_config,
-                                                           tmp_path):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  config = tiny_config
-  config.translator.pretrain_steps = 2
-  config.train.update(num_steps=4, eval_every=1, checkpoint_every=4,
-                      image_every=0)
-  workdir = str(tmp_path)
-  train.train_and_evaluate(config, workdir)
   steps = set()
   for name in os.listdir(workdir):
     if name.startswith("events.out.tfevents"):

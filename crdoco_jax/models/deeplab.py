@@ -100,6 +100,7 @@ def _shortcut(x, features, stride, norm, frozen, dtype, conv_impl):
 
 ARCHS = {
     "resnet10": (BasicBlock, (1, 1, 1, 1)),  # not a standard net: fast tests
+    "resnet14": (Bottleneck, (1, 1, 1, 1)),  # nor this: bottleneck tests
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
