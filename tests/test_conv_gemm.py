@@ -155,7 +155,7 @@ def _assert_same_function(make, x, call, init_args=()):
   (w.r.t. parameters and input) to float tolerance."""
   rng = np.random.default_rng(2)
   init = lambda fast: lambda key, x: make(fast).init(key, x, *init_args)
-  # Jitted: op by op, a ResNet-50's init and passes compile each op alone.
+  # Jitted: run op by op, a task net's init and passes compile each op alone.
   variables = jax.jit(init(False))(jax.random.PRNGKey(0), x)
   # Non-zero biases, so that they are checked too.
   variables = {**variables, "params": jax.tree_util.tree_map(
