@@ -15,6 +15,7 @@ the two tests: CrDoCo closes at least ``--min_gap`` of the gap, and its gain
 on the means exceeds the larger of the two methods' seed std.
 """
 import json
+import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -108,8 +109,16 @@ def _cell(m: Optional[Dict[str, float]], std: bool = True) -> str:
   return f"{m['mean']:.2f} ± {m['std']:.2f}" if std else f"{m['mean']:.2f}"
 
 
-def _pct(x: Optional[float]) -> str:
-  return "n/a" if x is None else f"{round(100 * x):d}%"
+def _pct(x: Optional[float], threshold: float) -> str:
+  """A share as a whole percentage, or with one decimal where the whole
+  number would land on the other side of ``threshold`` (0.599 -> 59.9%,
+  not a passing-looking 60%)."""
+  if x is None:
+    return "n/a"
+  if (round(100 * x) >= round(100 * threshold)) != (x >= threshold):
+    tenths = math.floor if x < threshold else math.ceil
+    return f"{tenths(1000 * x) / 10:.1f}%"
+  return f"{round(100 * x):d}%"
 
 
 def _test(x: Optional[bool]) -> str:
@@ -131,8 +140,8 @@ def markdown(rows: Dict[str, Dict[str, Any]],
     lines.append(
         f"| {name} | {_cell(means['source_only'], False)} | "
         f"{_cell(means[ADAPTED])} | {_cell(means[WITHOUT])} | "
-        f"{_cell(means['oracle'], False)} | {_pct(r['gap_closed'][ADAPTED])}"
-        f" / {_pct(r['gap_closed'][WITHOUT])} | "
+        f"{_cell(means['oracle'], False)} | {_pct(r['gap_closed'][ADAPTED], min_gap)}"
+        f" / {_pct(r['gap_closed'][WITHOUT], min_gap)} | "
         + ("n/a" if r["gain"] is None else f"{r['gain']:+.2f}") +
         f" | {pairs} | "
         + ("n/a" if r["headroom"] is None else f"{r['headroom']:+.1f}") +

@@ -111,3 +111,14 @@ def test_command_line_writes_markdown_and_json(tmp_path):
   assert out.read_text() == proc.stdout
   rows = json.loads((tmp_path / "pairs.json").read_text())
   assert rows["p=q"]["gain"] == pytest.approx(5.0)
+
+
+def test_gap_share_never_rounds_across_the_threshold():
+  # 59.9% of the gap fails ">= 60%"; shown as a whole number it would read
+  # as a pass beside its "**no**".
+  assert compare._pct(0.5992, 0.6) == "59.9%"
+  assert compare._pct(0.59999, 0.6) == "59.9%"
+  assert compare._pct(0.6, 0.6) == "60%"
+  assert compare._pct(0.5949, 0.6) == "59%"
+  assert compare._pct(0.823, 0.6) == "82%"
+  assert compare._pct(None, 0.6) == "n/a"
