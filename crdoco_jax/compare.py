@@ -140,8 +140,9 @@ def markdown(rows: Dict[str, Dict[str, Any]],
     lines.append(
         f"| {name} | {_cell(means['source_only'], False)} | "
         f"{_cell(means[ADAPTED])} | {_cell(means[WITHOUT])} | "
-        f"{_cell(means['oracle'], False)} | {_pct(r['gap_closed'][ADAPTED], min_gap)}"
-        f" / {_pct(r['gap_closed'][WITHOUT], min_gap)} | "
+        f"{_cell(means['oracle'], False)} | "
+        f"{_pct(r['gap_closed'][ADAPTED], min_gap)} / "
+        f"{_pct(r['gap_closed'][WITHOUT], min_gap)} | "
         + ("n/a" if r["gain"] is None else f"{r['gain']:+.2f}") +
         f" | {pairs} | "
         + ("n/a" if r["headroom"] is None else f"{r['headroom']:+.1f}") +
