@@ -13,7 +13,11 @@ experiment runner, per ``sigma``, prints the mIoU of
   * ``F_S(G_T->S(G_S->T(I_S) + n))``: F_S on the cycle's reconstruction,
     and the reconstruction's L1 error against I_S;
   * ``F_S(G_T->S(I_T + n))`` on the target val split: the view the
-    consistency loss uses.
+    consistency loss uses;
+  * ``F_T(I_T + n)`` and ``F_T(G_S->T(G_T->S(I_T) + n))``, with that
+    reconstruction's L1 error against I_T: the same test of the target
+    side of the cycle, where G_T->S is the one that could hide what it
+    drops from G_T->S(I_T), the image F_S is shown (session 43).
 
 A reconstruction that is near-perfect at ``sigma = 0`` and falls apart
 under noise that barely moves the other two rows is carried by a hidden
@@ -62,8 +66,8 @@ def main(argv):
   rows = []
   for sigma in map(float, FLAGS.sigmas):
     rng = np.random.default_rng(0)
-    cms = np.zeros((3, c, c), np.int64)
-    l1, n = 0.0, 0
+    cms = np.zeros((5, c, c), np.int64)
+    l1, n, l1_t, n_t = 0.0, 0, 0.0, 0
     for batch in experiments._val(config, 32, "source"):  # pylint: disable=protected-access
       x, y = np.asarray(batch["image"][0]), np.asarray(batch["label"][0])
       cms[0] += cm(classes(with_noise(x, sigma, rng), "S"), y)
@@ -74,15 +78,24 @@ def main(argv):
     for batch in experiments._val(config, 32):  # pylint: disable=protected-access
       x, y = np.asarray(batch["image"][0]), np.asarray(batch["label"][0])
       cms[2] += cm(classes(t2s(with_noise(x, sigma, rng)), "S"), y)
+      cms[3] += cm(classes(with_noise(x, sigma, rng), "T"), y)
+      x_tst = s2t(with_noise(np.asarray(t2s(x)), sigma, rng))
+      cms[4] += cm(classes(x_tst, "T"), y)
+      l1_t += float(np.abs(np.asarray(x_tst) - x).sum())
+      n_t += x.size
     rows.append(dict(sigma=sigma, f_s_source=miou(cms[0]),
                      f_s_cycle=miou(cms[1]), cycle_l1=round(l1 / n, 4),
-                     f_s_translated_target=miou(cms[2])))
+                     f_s_translated_target=miou(cms[2]),
+                     f_t_target=miou(cms[3]), f_t_cycle=miou(cms[4]),
+                     target_cycle_l1=round(l1_t / n_t, 4)))
   print("| sigma | F_S(I_S + n) | F_S(G_T->S(G_S->T(I_S) + n)) | its L1 "
-        "to I_S | F_S(G_T->S(I_T + n)) |")
-  print("|---|---|---|---|---|")
+        "to I_S | F_S(G_T->S(I_T + n)) | F_T(I_T + n) | "
+        "F_T(G_S->T(G_T->S(I_T) + n)) | its L1 to I_T |")
+  print("|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['sigma']} | {r['f_s_source']} | {r['f_s_cycle']} | "
-          f"{r['cycle_l1']} | {r['f_s_translated_target']} |")
+          f"{r['cycle_l1']} | {r['f_s_translated_target']} | "
+          f"{r['f_t_target']} | {r['f_t_cycle']} | {r['target_cycle_l1']} |")
   print(json.dumps(dict(workdir=FLAGS.workdir, method=FLAGS.method,
                         seed=FLAGS.seed, rows=rows)))
 

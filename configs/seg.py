@@ -103,6 +103,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # Bottleneck stride on the 3x3 conv (torchvision) instead of the first
       # 1x1 (Caffe / DeepLab-v2); set it for torchvision ImageNet weights.
       stride_on_3x3=False,
+      # Not the paper's: F_S's source images get a random hue rotation,
+      # contrast and brightness of this strength in [0, 1]
+      # (augment.colour_jitter) in the adaptation phase. 0 = off.
+      source_jitter=0.0,
   ))
   c.disc = ml_collections.ConfigDict(dict(
       img_ndf=64, img_layers=3, feat_ndf=64,

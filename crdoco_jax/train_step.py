@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from crdoco_jax import image_pool, losses, tasks
+from crdoco_jax import augment, image_pool, losses, tasks
 from crdoco_jax.models import Networks
 from crdoco_jax.parallel import AXIS
 from crdoco_jax.state import CrDoCoState, head_names, uses_translator
@@ -249,7 +249,14 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     if config.translator.get("ideal_t2s", False):
       # F_S's view of the target through a perfect translator (diagnostic).
       f_ts = batch["target_as_source"]
-    out_s, out_ts = F.two(x_s, f_ts, "S")
+    jitter = config.task_net.get("source_jitter", 0.0)
+    f_s = x_s
+    if jitter:
+      # Not the paper's: F_S learns the source task under colour changes.
+      key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                               jax.lax.axis_index(AXIS))
+      f_s = augment.colour_jitter(x_s, jax.random.fold_in(key, 2), jitter)
+    out_s, out_ts = F.two(f_s, f_ts, "S")
     out_st, out_t = F.two(f_st, x_t, "T")
     labels = {h: y_s for h in heads}
     terms["task"] = (
