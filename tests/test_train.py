@@ -140,15 +140,21 @@ def test_optional_terms_and_task_on_reconstructions_training_f_s_only(
     tiny_config):
   """loss.class_prior and loss.task_reconstructed enter the objective with
   their weights; without task gradients the reconstruction term reaches F_S,
-  not the translators or F_T. (Both terms in one pair of steps: each step
-  compile is most of a test's time.)"""
+  not the translators or F_T; task_net.source_jitter changes what F_S's
+  task term sees and nothing F_T or the translators learn from. (All in
+  one pair of steps: each step compile is most of a test's time.)"""
   config = _without_task_gradients(tiny_config)
   config.loss.class_prior = 0.5
   host_state = state_lib.create_train_state(
       config, models.build_networks(config), jax.random.PRNGKey(0))
-  base, _ = _one_step(config, host_state)
+  base, base_m = _one_step(config, host_state)
   config.loss.task_reconstructed = 0.5
+  config.task_net.source_jitter = 1.0
   new, m = _one_step(config, host_state)
+  assert not np.allclose(m["loss_task"], base_m["loss_task"])
+  for term in ("rec", "img_adv", "class_prior", "consistency"):
+    np.testing.assert_allclose(m[f"loss_{term}"], base_m[f"loss_{term}"],
+                               rtol=1e-5)
   assert_term_enters_with_its_weight(config, m, "class_prior", 0.5)
   assert_term_enters_with_its_weight(config, m, "task_reconstructed", 0.5)
   close = lambda a, b: all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
