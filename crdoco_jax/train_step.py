@@ -255,6 +255,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       # Not the paper's: F_S learns the source task under colour changes.
       key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                                jax.lax.axis_index(AXIS))
+      # (Stream 2: the image pools draw from streams 0 and 1 of the step.)
       f_s = augment.colour_jitter(x_s, jax.random.fold_in(key, 2), jitter)
     out_s, out_ts = F.two(f_s, f_ts, "S")
     out_st, out_t = F.two(f_st, x_t, "T")
