@@ -41,15 +41,14 @@ flags.DEFINE_integer("batch", 30, "Val images per batch statistic.")
 def main(argv):
   del argv
   config, state, nets = finished_run.load()
-  t2s = experiments._translator(nets, state, "T2S")  # pylint: disable=protected-access
-  variables = {"params": state.task.params,
-               "batch_stats": state.task.batch_stats}
+  running, t2s = experiments._apply(nets, state)  # pylint: disable=protected-access
   # train=True: BatchNorm normalises with the batch's own statistics (the
   # running averages it would update are discarded).
-  apply = {stats: jax.jit(
-      lambda x, domain, train=(stats == "batch"): nets.task.apply(
-          variables, x, domain, train=train, mutable=["batch_stats"])[0][
-              "main"], static_argnums=1) for stats in ("running", "batch")}
+  batch_stats = jax.jit(lambda x, domain: nets.task.apply(
+      {"params": state.task.params, "batch_stats": state.task.batch_stats},
+      x, domain, train=True, mutable=["batch_stats"])[0]["main"],
+                        static_argnums=1)
+  apply = {"running": running, "batch": batch_stats}
   c, ignore = config.data.num_classes, config.data.ignore_label
   views = {"f_s_source": ("source", "S", False),
            "f_s_translated_target": ("target", "S", True),
