@@ -110,6 +110,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   ))
   c.disc = ml_collections.ConfigDict(dict(
       img_ndf=64, img_layers=3, feat_ndf=64,
+      # What D_feat judges: 'output' = each head's softmax (AdaptSegNet's
+      # output space, the released code's); 'features' = the backbone
+      # features each head reads (layer4 / layer3; models.FeatureDiscriminator),
+      # the other reading of the paper's "feature-level" loss. Not shared
+      # with 'output' runs' pretraining: D_feat's shapes differ.
+      feat_input="output",
       # D_img learns from a history of this many translations per domain
       # (crdoco_jax/image_pool.py). CycleGAN: 50; 0 (off) here, as every
       # recorded table and memory figure was made without it.

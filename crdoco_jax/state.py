@@ -9,7 +9,7 @@ from flax import struct
 from flax.training import train_state
 
 from crdoco_jax import image_pool, optim, tasks
-from crdoco_jax.models import Networks
+from crdoco_jax.models import FEATURES, Networks, feature_level
 
 # Parameters do not depend on the spatial size: initialise on small inputs.
 _INIT_SIZE = 64
@@ -112,9 +112,14 @@ def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
 
   gen_params = jax.jit(nets.translator.init)(k_gen, image)["params"]
   dimg_params = jax.jit(nets.d_img.init)(k_dimg, image)["params"]
-  # Only the heads' shapes matter to the output-space discriminators.
-  out = jax.eval_shape(lambda v, x: nets.task.apply(v, x, "S"), task_vars,
-                       task_input)
+  # Only the shapes of what D_feat judges matter: each head's output, or the
+  # backbone features it reads.
+  if feature_level(config):
+    out = jax.eval_shape(lambda v, x: task_features(nets, v, x, "S"),
+                         task_vars, task_input)
+  else:
+    out = jax.eval_shape(lambda v, x: nets.task.apply(v, x, "S"), task_vars,
+                         task_input)
   feat_init = jax.jit(nets.d_feat.init)
   dfeat_params = {
       head: feat_init(jax.random.fold_in(k_dfeat, i),
@@ -127,6 +132,14 @@ def create_train_state(config: ml_collections.ConfigDict, nets: Networks,
       d_img=new(nets.d_img.apply, dimg_params, "d_img"),
       d_feat=new(nets.d_feat.apply, dfeat_params, "d_feat"),
       img_pool=init_image_pools(config)))
+
+
+def task_features(nets: Networks, variables, x: jax.Array, domain: str
+                  ) -> dict:
+  """``{head: [N, H/8, W/8, channels]}``: the backbone features each head of
+  F_S or F_T reads, in eval mode (the shapes D_feat is built for)."""
+  _, mutated = nets.task.apply(variables, x, domain, mutable=[FEATURES])
+  return {h: v[0] for h, v in mutated[FEATURES].items()}
 
 
 def init_image_pools(config: ml_collections.ConfigDict) -> Optional[dict]:

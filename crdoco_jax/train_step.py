@@ -16,7 +16,9 @@ semantic term is CyCADA's and trains G_{T->S} only),
 then updates the discriminators on the same (detached) translations and
 predictions. L_task, L_con and what D^feat sees depend on ``config.task``
 (``tasks.py``): CE, bidirectional KL and softmax for segmentation; masked
-L1/berHu/EPE, L1 and the normalised output for depth and flow.
+L1/berHu/EPE, L1 and the normalised output for depth and flow. With
+``disc.feat_input='features'`` D^feat sees the backbone features each head
+reads instead (DeepLab only).
 
 Batches are dicts of ``[B, H, W, ...]`` arrays per device:
 ``source_image``, ``source_label``, ``target_image`` (and ``target_label``
@@ -33,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from crdoco_jax import augment, image_pool, losses, tasks
-from crdoco_jax.models import Networks
+from crdoco_jax.models import FEATURES, Networks, feature_level
 from crdoco_jax.parallel import AXIS
 from crdoco_jax.state import CrDoCoState, head_names, uses_translator
 
@@ -46,13 +48,15 @@ Batch = Dict[str, jax.Array]
 class _TaskNets:
   """Applies F_S / F_T in train mode, threading BatchNorm statistics through
   successive calls (each input keeps its own batch statistics, as separate
-  PyTorch forward passes do)."""
+  PyTorch forward passes do). With ``features``, each output dict also
+  holds ``'features'``: ``{head: backbone features}`` (for D_feat)."""
 
   def __init__(self, nets: Networks, params, batch_stats, remat=False,
-               batched=False):
+               batched=False, features=False):
+    mutable = ["batch_stats"] + ([FEATURES] if features else [])
     make = lambda module: _checkpointed(
         lambda variables, x, domain: module.apply(
-            variables, x, domain, train=True, mutable=["batch_stats"]),
+            variables, x, domain, train=True, mutable=mutable),
         remat)
     self._apply = make(nets.task)
     # Two stacked inputs, each with its own BatchNorm statistics.
@@ -63,6 +67,8 @@ class _TaskNets:
     out, mutated = apply(
         {"params": self.params, "batch_stats": self.batch_stats}, x, domain)
     self.batch_stats = mutated["batch_stats"]
+    if FEATURES in mutated:
+      out = dict(out, features={h: v[0] for h, v in mutated[FEATURES].items()})
     return out
 
   def __call__(self, x, domain):
@@ -173,8 +179,13 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   feat_adv = functools.partial(losses.generator_adversarial_loss,
                                gan_loss=w.feat_gan)
   task = tasks.get_task(config)
-  # What the output-space discriminators see (softmax for segmentation).
-  d_view = lambda outputs: {h: task.disc_input(v) for h, v in outputs.items()}
+  # What D_feat sees: each head's output (softmax for segmentation), or the
+  # backbone features the head reads (disc.feat_input='features').
+  features = feature_level(config)
+  if features:
+    d_view = lambda outputs: outputs["features"]
+  else:
+    d_view = lambda outputs: {h: task.disc_input(outputs[h]) for h in heads}
   # Translators and image discriminators see each frame as an RGB image.
   frames = lambda x: tasks.to_frames(x, task.frames)
   remat = config.compute.get("remat_networks", False)
@@ -199,7 +210,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                      batch["target_image"])
     terms, cache = {}, {}
     F = _TaskNets(nets, params.get("task"), state.task.batch_stats, remat,
-                  batched)
+                  batched, features and adapt and w.feat_adv > 0)
     if method == "source_only":
       terms["task"] = _per_head(task.supervised, heads, w.aux.task,
                                 F(x_s, "T"), {h: y_s for h in heads})

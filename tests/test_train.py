@@ -556,6 +556,41 @@ def test_image_pool_feeds_d_img_and_stays_replicated(tiny_config):
   assert any(changed) or n < 4  # each slot is swapped with probability 1/2
 
 
+def test_feature_discriminators_judge_the_features_the_heads_read(
+    tiny_config):
+  """disc.feat_input='features': each D_feat is built on the backbone
+  features its head reads (layer4 for 'main', layer3 for 'aux'), learns,
+  and its adversarial term reaches the task nets' backbones, not their
+  heads (with the task and consistency terms off, nothing else does)."""
+  config = tiny_config
+  for value, arch in (("feature", "resnet10"), ("features", "flownets")):
+    bad = seg.get_config("tiny")
+    bad.disc.feat_input, bad.task_net.arch = value, arch
+    with pytest.raises(ValueError, match="feat_input"):
+      models.build_networks(bad)
+  config.disc.feat_input = "features"
+  config.task_net.multi_level = True
+  config.loss.update(task=0.0, consistency=0.0, feat_adv=1.0)
+  config.optim.task_net.weight_decay = 0.0
+  host_state = state_lib.create_train_state(
+      config, models.build_networks(config), jax.random.PRNGKey(0))
+  task, d_feat = host_state.task.params, host_state.d_feat.params
+  for head in ("main", "aux"):
+    read = task["heads_S"][head]["Conv_0"]["kernel"].shape[2]
+    for d in ("D_S", "D_T"):
+      assert d_feat[head][d]["Conv_0"]["kernel"].shape[2] == read
+  assert task["heads_S"]["main"]["Conv_0"]["kernel"].shape[2] != (
+      task["heads_S"]["aux"]["Conv_0"]["kernel"].shape[2])
+  new, m = _one_step(config, host_state)
+  assert m["loss_feat_adv"] > 0 and m["loss_d_feat"] > 0
+  moved = lambda a, b: not all(jax.tree_util.tree_leaves(
+      jax.tree_util.tree_map(lambda x, y: np.array_equal(x, y[0]), a, b)))
+  assert moved(d_feat, new.d_feat.params)
+  for unit, params in task.items():
+    assert moved(params, new.task.params[unit]) == (
+        not unit.startswith("heads")), unit
+
+
 @pytest.mark.parametrize("key,value", [
     ("loss.consistency_grad", "target"), ("loss.img_gan", "wgan"),
     ("loss.feat_gan", "ls"), ("optim.d_img.name", "adamw"),

@@ -5,14 +5,16 @@ from typing import NamedTuple, Optional
 import jax.numpy as jnp
 import ml_collections
 
-from crdoco_jax.models.deeplab import TaskNetPair
+from crdoco_jax.models.deeplab import FEATURES, TaskNetPair
 from crdoco_jax.models.discriminators import (DiscriminatorPair,
-                                              FCDiscriminator, PatchGAN)
+                                              FCDiscriminator,
+                                              FeatureDiscriminator, PatchGAN)
 from crdoco_jax.models.flownet import FlowNetSPair
 from crdoco_jax.models.translator import ResnetGenerator, TranslatorPair
 
 
-__all__ = ["DiscriminatorPair", "FCDiscriminator", "FlowNetSPair",
+__all__ = ["FEATURES", "DiscriminatorPair", "FCDiscriminator", "FeatureDiscriminator",
+           "FlowNetSPair",
            "Networks", "PatchGAN",
            "ResnetGenerator", "TaskNetPair", "TranslatorPair",
            "build_networks"]
@@ -23,7 +25,23 @@ class Networks(NamedTuple):
   translator: TranslatorPair      # G_S2T, G_T2S
   task: TaskNetPair               # F_S, F_T (FlowNetSPair for flow)
   d_img: DiscriminatorPair        # PatchGANs on images of S / T
-  d_feat: DiscriminatorPair       # output-space Ds on F_S / F_T softmax
+  d_feat: DiscriminatorPair       # Ds on F_S / F_T softmax (or features)
+
+
+FEAT_INPUTS = ("output", "features")  # disc.feat_input
+
+
+def feature_level(config: ml_collections.ConfigDict) -> bool:
+  """Whether D_feat judges the task nets' backbone features
+  (``disc.feat_input='features'``) instead of their softmax outputs
+  (``'output'``: AdaptSegNet's output space, the released code's)."""
+  choice = config.disc.get("feat_input", "output")
+  if choice not in FEAT_INPUTS:
+    raise ValueError(f"disc.feat_input={choice!r}; use one of {FEAT_INPUTS}.")
+  if choice == "features" and config.task_net.arch == "flownets":
+    raise ValueError("disc.feat_input='features' needs a DeepLab task net; "
+                     "FlowNetS exposes no backbone features. Use 'output'.")
+  return choice == "features"
 
 
 def build_networks(config: ml_collections.ConfigDict,
@@ -34,6 +52,7 @@ def build_networks(config: ml_collections.ConfigDict,
   # Configs written before the key existed: XLA's convolutions.
   conv = config.compute.get("conv", "xla")
   t, f, d = config.translator, config.task_net, config.disc
+  judge = FeatureDiscriminator if feature_level(config) else FCDiscriminator
   out_channels = (config.data.num_classes if config.task == "segmentation"
                   else config.data.out_channels)
   if f.arch == "flownets":  # task_net.levels: encoder stages
@@ -60,5 +79,5 @@ def build_networks(config: ml_collections.ConfigDict,
       d_img=DiscriminatorPair(functools.partial(
           PatchGAN, d.img_ndf, d.img_layers, dtype, conv)),
       d_feat=DiscriminatorPair(functools.partial(
-          FCDiscriminator, d.feat_ndf, dtype, conv)),
+          judge, d.feat_ndf, dtype, conv)),
   )

@@ -17,7 +17,10 @@ BatchNorm statistics are shared too.
 
 Outputs are dicts ``{'main': [N, H, W, C]}`` (plus ``'aux'`` when multi-level)
 of float32 logits (or regression values for ``out_channels`` = 1 or 2),
-bilinearly upsampled with ``align_corners=True`` to the input size.
+bilinearly upsampled with ``align_corners=True`` to the input size. Applied
+with ``mutable=[FEATURES]``, the features each head reads (layer4 for
+'main', layer3 for 'aux', ``[N, H/8, W/8, channels]``) come back in that
+collection, as one-element tuples.
 """
 import functools
 from typing import Any, Dict, Optional, Sequence
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 from crdoco_jax.models import layers
 
 DOMAINS = ("S", "T")
+FEATURES = "intermediates"  # the collection the backbone features go to
 UNITS = ("stem", "layer1", "layer2", "layer3", "layer4", "heads")
 # (planes, stride, dilation) of layer1..layer4: output stride 8.
 LAYER_SPECS = ((64, 1, 1), (128, 2, 1), (256, 1, 2), (512, 1, 4))
@@ -249,6 +253,11 @@ class TaskNetPair(nn.Module):
     h = self._unit("layer2", domain)(h, frozen)
     feat3 = self._unit("layer3", domain)(h, frozen)
     feat4 = self._unit("layer4", domain)(feat3, frozen)
+    # What each head reads, for discriminators on the features
+    # (disc.feat_input='features'); kept only when 'intermediates' is mutable.
+    self.sow(FEATURES, "main", feat4)
+    if self.multi_level:
+      self.sow(FEATURES, "aux", feat3)
     out = self._unit("heads", domain)(feat3, feat4)
     out = {k: v.astype(jnp.float32) for k, v in out.items()}
     if self.upsample:

@@ -7,6 +7,11 @@
   discriminator on the task net's softmax map: five 4x4 stride-2 convs,
   ``[N, H, W, C] -> [N, H/32, W/32, 1]`` logits; 2,781,121 parameters for
   C=19.
+* ``FeatureDiscriminator``: a discriminator on the task net's backbone
+  features (``disc.feat_input='features'``, the other reading of the paper's
+  "feature-level" loss): two 3x3 and one 1x1 stride-1 convs,
+  ``[N, h, w, C] -> [N, h, w, 1]`` logits, so that at the backbone's stride
+  of 8 each logit sees a 5x5 window of features (40x40 pixels).
 * ``DiscriminatorPair``: one discriminator per domain (D_S, D_T).
 """
 import functools
@@ -55,6 +60,20 @@ class FCDiscriminator(nn.Module):
       x = nn.leaky_relu(conv(self.ndf * mult, 4)(x), 0.2)
     x = conv(1, 4)(x)
     return x.astype(jnp.float32)
+
+
+class FeatureDiscriminator(nn.Module):
+  ndf: int = 64
+  dtype: Any = jnp.float32
+  conv_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(layers.conv, kernel_init=layers.torch_default_init,
+                             dtype=self.dtype, impl=self.conv_impl)
+    x = nn.leaky_relu(conv(self.ndf, 3, padding=1)(x.astype(self.dtype)), 0.2)
+    x = nn.leaky_relu(conv(self.ndf * 2, 3, padding=1)(x), 0.2)
+    return conv(1, 1)(x).astype(jnp.float32)
 
 
 class DiscriminatorPair(nn.Module):
