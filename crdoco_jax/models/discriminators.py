@@ -15,7 +15,7 @@
 * ``DiscriminatorPair``: one discriminator per domain (D_S, D_T).
 """
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -45,35 +45,36 @@ class PatchGAN(nn.Module):
     return x.astype(jnp.float32)
 
 
-class FCDiscriminator(nn.Module):
+class _ConvStack(nn.Module):
+  """Convs ``hidden`` = ``(width multiplier of ndf, kernel, stride,
+  padding)``, each followed by a leaky ReLU (0.2), then ``last`` = ``(kernel,
+  stride, padding)`` to one logit channel; no normalisation."""
   ndf: int = 64
   dtype: Any = jnp.float32
   conv_impl: str = "xla"
-
-  @nn.compact
-  def __call__(self, x):
-    conv = functools.partial(layers.conv, stride=2, padding=1,
-                             kernel_init=layers.torch_default_init,
-                             dtype=self.dtype, impl=self.conv_impl)
-    x = x.astype(self.dtype)
-    for mult in (1, 2, 4, 8):
-      x = nn.leaky_relu(conv(self.ndf * mult, 4)(x), 0.2)
-    x = conv(1, 4)(x)
-    return x.astype(jnp.float32)
-
-
-class FeatureDiscriminator(nn.Module):
-  ndf: int = 64
-  dtype: Any = jnp.float32
-  conv_impl: str = "xla"
+  hidden: Sequence[Tuple[int, int, int, int]] = ()
+  last: Tuple[int, int, int] = (1, 1, 0)
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(layers.conv, kernel_init=layers.torch_default_init,
                              dtype=self.dtype, impl=self.conv_impl)
-    x = nn.leaky_relu(conv(self.ndf, 3, padding=1)(x.astype(self.dtype)), 0.2)
-    x = nn.leaky_relu(conv(self.ndf * 2, 3, padding=1)(x), 0.2)
-    return conv(1, 1)(x).astype(jnp.float32)
+    x = x.astype(self.dtype)
+    for mult, kernel, stride, padding in self.hidden:
+      x = nn.leaky_relu(conv(self.ndf * mult, kernel, stride, padding)(x), 0.2)
+    kernel, stride, padding = self.last
+    return conv(1, kernel, stride, padding)(x).astype(jnp.float32)
+
+
+class FCDiscriminator(_ConvStack):
+  hidden: Sequence[Tuple[int, int, int, int]] = tuple(
+      (mult, 4, 2, 1) for mult in (1, 2, 4, 8))
+  last: Tuple[int, int, int] = (4, 2, 1)
+
+
+class FeatureDiscriminator(_ConvStack):
+  hidden: Sequence[Tuple[int, int, int, int]] = ((1, 3, 1, 1), (2, 3, 1, 1))
+  last: Tuple[int, int, int] = (1, 1, 0)
 
 
 class DiscriminatorPair(nn.Module):
