@@ -1,4 +1,5 @@
-"""Discriminators: image-level (PatchGAN) and feature-level (output space).
+"""Discriminators: image-level (PatchGAN) and feature-level (output space,
+or backbone features).
 
 * ``PatchGAN``: CycleGAN's 70x70 ``NLayerDiscriminator`` (n_layers=3, instance
   norm): ``[N, H, W, 3] -> [N, H/8 - 2, W/8 - 2, 1]`` patch scores; 2,764,737
