@@ -9,7 +9,8 @@ from flax import struct
 from flax.training import train_state
 
 from crdoco_jax import image_pool, optim, tasks
-from crdoco_jax.models import FEATURES, Networks, feature_level
+from crdoco_jax.models import (FEATURES, Networks, feature_level,
+                               sown_features)
 
 # Parameters do not depend on the spatial size: initialise on small inputs.
 _INIT_SIZE = 64
@@ -139,7 +140,7 @@ def task_features(nets: Networks, variables, x: jax.Array, domain: str
   """``{head: [N, H/8, W/8, channels]}``: the backbone features each head of
   F_S or F_T reads, in eval mode (the shapes D_feat is built for)."""
   _, mutated = nets.task.apply(variables, x, domain, mutable=[FEATURES])
-  return {h: v[0] for h, v in mutated[FEATURES].items()}
+  return sown_features(mutated)
 
 
 def init_image_pools(config: ml_collections.ConfigDict) -> Optional[dict]:

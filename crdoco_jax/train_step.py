@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from crdoco_jax import augment, image_pool, losses, tasks
-from crdoco_jax.models import FEATURES, Networks, feature_level
+from crdoco_jax.models import (FEATURES, Networks, feature_level,
+                               sown_features)
 from crdoco_jax.parallel import AXIS
 from crdoco_jax.state import CrDoCoState, head_names, uses_translator
 
@@ -68,7 +69,7 @@ class _TaskNets:
         {"params": self.params, "batch_stats": self.batch_stats}, x, domain)
     self.batch_stats = mutated["batch_stats"]
     if FEATURES in mutated:
-      out = dict(out, features={h: v[0] for h, v in mutated[FEATURES].items()})
+      out = dict(out, features=sown_features(mutated))
     return out
 
   def __call__(self, x, domain):

@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional
 import jax.numpy as jnp
 import ml_collections
 
-from crdoco_jax.models.deeplab import FEATURES, TaskNetPair
+from crdoco_jax.models.deeplab import FEATURES, TaskNetPair, sown_features
 from crdoco_jax.models.discriminators import (DiscriminatorPair,
                                               FCDiscriminator,
                                               FeatureDiscriminator, PatchGAN)
@@ -13,11 +13,10 @@ from crdoco_jax.models.flownet import FlowNetSPair
 from crdoco_jax.models.translator import ResnetGenerator, TranslatorPair
 
 
-__all__ = ["FEATURES", "DiscriminatorPair", "FCDiscriminator", "FeatureDiscriminator",
-           "FlowNetSPair",
-           "Networks", "PatchGAN",
+__all__ = ["FEATURES", "DiscriminatorPair", "FCDiscriminator",
+           "FeatureDiscriminator", "FlowNetSPair", "Networks", "PatchGAN",
            "ResnetGenerator", "TaskNetPair", "TranslatorPair",
-           "build_networks"]
+           "build_networks", "feature_level", "sown_features"]
 
 
 class Networks(NamedTuple):

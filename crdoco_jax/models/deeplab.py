@@ -184,6 +184,12 @@ class Heads(nn.Module):
     return out
 
 
+def sown_features(collections) -> Dict[str, jax.Array]:
+  """``{head: [N, H/8, W/8, channels]}`` from the collections an apply with
+  ``mutable=[FEATURES]`` returned."""
+  return {h: v[0] for h, v in collections[FEATURES].items()}
+
+
 class TaskNetPair(nn.Module):
   """F_S and F_T (DeepLab-v2), optionally sharing their last ``share_last``
   units. ``__call__(x, domain, train)``: x ``[N, H, W, 3]``, domain 'S' or
