@@ -20,13 +20,15 @@ would have been (``--noshare_pretraining`` to run it per method). The
 runner then writes ``WORKDIR/results.json`` and
 ``WORKDIR/results.md``: the target metric's mean and standard deviation over
 seeds per method, per-class IoU, the share of the source-only -> oracle gap
-each method closes, wall times and failed runs, and (segmentation) how
+each method closes, wall times, failed runs and the code version (git
+commit, CPU) each run started from, and (segmentation) how
 F_T(I_T) and F_S(G_T->S(I_T)) compare; and ``WORKDIR/figure.png``
 (segmentation): target images, their translation to the source style, the
 source-only and CrDoCo predictions and the label, side by side.
 """
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -198,15 +200,59 @@ def compilation_cache_env(workdir: str, environ: Dict[str, str]
                                                     COMPILATION_CACHE_DIR)}
 
 
+def _git(root: str, *args: str) -> Optional[str]:
+  """``git args`` in ``root``: its output, or None (no git, not a checkout)."""
+  try:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True,
+                          text=True, check=True,
+                          stdin=subprocess.DEVNULL).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def _cpu_name() -> str:
+  """The CPU's model name: runs repeat to the last digit only on the same
+  kind of CPU (README, "Reliability")."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def code_version(root: str = _ROOT) -> Dict[str, Any]:
+  """What a run is made by: the git commit of ``root`` and whether tracked
+  files differed from it (both None outside a git checkout), and the CPU."""
+  commit = _git(root, "rev-parse", "HEAD")
+  changed = (bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
+             if commit else None)
+  return dict(commit=commit, uncommitted_changes=changed, cpu=_cpu_name())
+
+
+def describe_version(code: Optional[Dict[str, Any]]) -> str:
+  """One line for ``code_version()``'s dict (None: not recorded)."""
+  if not code:
+    return "not recorded (a run.json older than the record)"
+  commit = code["commit"][:12] if code["commit"] else "no git checkout"
+  changes = " with uncommitted changes" if code["uncommitted_changes"] else ""
+  return f"commit {commit}{changes}, {code['cpu']}"
+
+
 def run_one(command: List[str], directory: str) -> Dict[str, Any]:
-  """Runs ``command`` to completion with its output in ``log.txt``."""
+  """Runs ``command`` to completion with its output in ``log.txt``; its
+  ``run.json`` records the command, exit code, wall time and the code
+  version it started from."""
   os.makedirs(directory, exist_ok=True)
+  code = code_version()
   t0 = time.time()
   with open(os.path.join(directory, "log.txt"), "w") as log:
     returncode = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
                                  cwd=_ROOT, stdin=subprocess.DEVNULL)
   run = dict(command=command, returncode=returncode,
-             wall_seconds=time.time() - t0)
+             wall_seconds=time.time() - t0, code=code)
   with open(os.path.join(directory, RUN_FILE), "w") as f:
     json.dump(run, f, indent=1)
   return run
@@ -271,6 +317,28 @@ def summarize(runs: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
   return dict(metric=metric, methods=methods)
 
 
+def code_versions(runs: Dict[str, Dict[int, Dict[str, Any]]], workdir: str,
+                  groups: Dict[str, List[str]], seeds: Sequence[int]
+                  ) -> List[Dict[str, Any]]:
+  """The distinct code versions the table's runs (shared pretraining
+  included) started from, each with the runs that used it: more than one
+  means the table mixes code (or CPUs), and may not repeat."""
+  made = [(f"{m} seed {s}", r.get("code")) for m, seeds_ in runs.items()
+          for s, r in seeds_.items()]
+  made += [(f"pretraining seed {s}",
+            (_read_json(run_dir(os.path.join(workdir, PRETRAIN_DIR), m, s),
+                        RUN_FILE) or {}).get("code"))
+           for m in groups for s in seeds]
+  versions: List[Dict[str, Any]] = []
+  for name, code in made:
+    match = [v for v in versions if v["code"] == code]
+    if match:
+      match[0]["runs"].append(name)
+    else:
+      versions.append(dict(code=code, runs=[name]))
+  return versions
+
+
 def total_run_seconds(runs: Dict[str, Dict[int, Dict[str, Any]]],
                       pretraining: Dict[str, Dict[int, Optional[float]]]
                       ) -> float:
@@ -313,6 +381,14 @@ def markdown(summary: Dict[str, Any], command: str) -> str:
   if "total_run_seconds" in summary:
     lines += ["", f"All runs together: {summary['total_run_seconds'] / 60:.1f}"
               " min (their wall times summed, pretraining included)."]
+  versions = summary.get("code_versions", [])
+  if len(versions) == 1:
+    lines += ["", f"Code: {describe_version(versions[0]['code'])}."]
+  elif versions:
+    lines += ["", f"**The runs used {len(versions)} code versions** (a table "
+              "that mixes them may not repeat; each run's `run.json`):"]
+    lines += [f"- {describe_version(v['code'])}: {', '.join(v['runs'])}"
+              for v in versions]
   failed = [f"{n} seed {s}" for n, e in methods.items()
             for s in e["failed_seeds"]]
   if failed:
@@ -591,6 +667,7 @@ def run_experiments(config: str, workdir: str, methods: Sequence[str],
                                       seed)) for seed in seeds}
       for m in groups}
   summary["pretraining_groups"] = list(groups.values())
+  summary["code_versions"] = code_versions(runs, workdir, groups, seeds)
   summary["total_run_seconds"] = total_run_seconds(runs,
                                                    summary["pretraining"])
   command = " ".join([os.path.basename(sys.executable), "-m",

@@ -59,6 +59,52 @@ def test_summarize_gap_and_statistics():
   assert "| source_only | 0.400 ± 0.000 | 1 | 0.400 | 0% |" in table
 
 
+def test_code_version_and_a_table_that_mixes_versions(tmp_path):
+  """run.json's record of the code: the git commit, whether tracked files
+  differ from it, the CPU; a table whose runs differ says so."""
+  repo = str(tmp_path / "repo")
+  os.makedirs(repo)
+  outside = experiments.code_version(str(tmp_path))
+  assert outside["commit"] is None and outside["uncommitted_changes"] is None
+  assert outside["cpu"]
+  git = lambda *a: subprocess.run(["git", "-C", repo, *a], check=True,
+                                  capture_output=True)
+  try:
+    git("init", "-q")
+  except OSError:
+    pytest.skip("no git")
+  with open(os.path.join(repo, "f.py"), "w") as f:
+    f.write("x = 1\n")
+  git("add", "f.py")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+  clean = experiments.code_version(repo)
+  head = git("rev-parse", "HEAD").stdout.decode().strip()
+  assert clean["commit"] == head and clean["uncommitted_changes"] is False
+  with open(os.path.join(repo, "f.py"), "a") as f:
+    f.write("y = 2\n")
+  changed = experiments.code_version(repo)
+  assert changed["commit"] == head and changed["uncommitted_changes"] is True
+
+  run = lambda code: dict(result=dict(target_miou=50.0), wall_seconds=1.0,
+                          returncode=0, code=code)
+  runs = {"crdoco": {0: run(clean), 1: run(changed)},
+          "no_consistency": {0: run(clean)}}
+  summary = experiments.summarize(runs)
+  summary["code_versions"] = experiments.code_versions(
+      runs, str(tmp_path), {}, [0, 1])
+  assert [v["runs"] for v in summary["code_versions"]] == [
+      ["crdoco seed 0", "no_consistency seed 0"], ["crdoco seed 1"]]
+  table = experiments.markdown(summary, "cmd")
+  assert "**The runs used 2 code versions**" in table
+  assert f"commit {head[:12]} with uncommitted changes" in table
+  runs["crdoco"][1] = run(clean)
+  summary["code_versions"] = experiments.code_versions(
+      runs, str(tmp_path), {}, [0, 1])
+  table = experiments.markdown(summary, "cmd")
+  assert f"Code: commit {head[:12]}, {clean['cpu']}." in table
+  assert "code versions" not in table
+
+
 def test_diagnostics_columns_follow_what_every_seed_has():
   diag = lambda source: dict(f_t_miou=50.0, f_s_translated_miou=40.0,
                              agreement=90.0, f_s_source_miou=source,
@@ -130,6 +176,14 @@ def test_runner_demo_pair_failure_isolation_and_rerun(tmp_path, tfds_dir):
            ["wall_seconds"] for root, _, names in os.walk(workdir)
            for name in names if name == "run.json"]
   assert len(walls) == 5  # 4 methods x 1 seed + the shared pretraining
+  # Every run (the pretraining too) records the code it started from.
+  versions = summary["code_versions"]
+  assert sum(len(v["runs"]) for v in versions) == 5
+  assert "pretraining seed 3" in versions[0]["runs"]
+  head = experiments._git(ROOT, "rev-parse", "HEAD")  # None: not a checkout
+  assert {v["code"]["commit"] for v in versions} == {head}
+  if len(versions) == 1:  # (unless the checkout changed during the test)
+    assert f"Code: {experiments.describe_version(versions[0]['code'])}" in table
   assert summary["total_run_seconds"] == pytest.approx(sum(walls))
   assert (f"All runs together: {sum(walls) / 60:.1f} min" in table)
   # The consistency diagnostics: F_T as the run evaluated it, F_S on the
