@@ -688,6 +688,13 @@ def run_experiments(config: str, workdir: str, methods: Sequence[str],
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # What the runner scores with, loaded now (the functions above import it
+  # late, so that crdoco_jax.compare stays light): first imported hours
+  # later, after the code changed under a long table, a module would meet
+  # the older ones already loaded (session 44: an ImportError).
+  # pylint: disable=g-import-not-at-top,unused-import
+  from crdoco_jax import evaluate, train, visualize
+  from crdoco_jax.data import demo_seg, input_pipeline
   os.makedirs(_WORKDIR.value, exist_ok=True)
   os.environ.update(compilation_cache_env(_WORKDIR.value, os.environ))
   sets = overrides(_SET.value, _SOURCE_DIR.value, _TARGET_DIR.value)
