@@ -325,10 +325,12 @@ def code_versions(runs: Dict[str, Dict[int, Dict[str, Any]]], workdir: str,
   means the table mixes code (or CPUs), and may not repeat."""
   made = [(f"{m} seed {s}", r.get("code")) for m, seeds_ in runs.items()
           for s, r in seeds_.items()]
-  made += [(f"pretraining seed {s}",
-            (_read_json(run_dir(os.path.join(workdir, PRETRAIN_DIR), m, s),
-                        RUN_FILE) or {}).get("code"))
-           for m in groups for s in seeds]
+  for m in groups:
+    for s in seeds:
+      run = _read_json(run_dir(os.path.join(workdir, PRETRAIN_DIR), m, s),
+                       RUN_FILE)
+      if run is not None:  # (none if every run of the group had started)
+        made.append((f"pretraining seed {s}", run.get("code")))
   versions: List[Dict[str, Any]] = []
   for name, code in made:
     match = [v for v in versions if v["code"] == code]
